@@ -1,0 +1,37 @@
+"""Our extractors: one hloc `BaseModel` subclass per file.
+
+Each file is importable as `hndesc_features.extractors.<x>` and is served to hloc as
+`hloc.extractors.hf_<x>` (see hndesc_features/hloc/hook.py), so the files use absolute imports.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+from ..confs import HLOC_PREFIX
+
+EXTRACTORS_DIR = Path(__file__).resolve().parent
+
+
+def available() -> list[str]:
+    """Module names x of hndesc_features/extractors/x.py (hloc model name: hf_x)."""
+    return sorted(p.stem for p in EXTRACTORS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def model_class(name: str):
+    """The BaseModel subclass for conf["model"]["name"] (`hf_<x>` or `<x>`)."""
+    from ..base_model import BaseModel
+
+    mod = name[len(HLOC_PREFIX):] if name.startswith(HLOC_PREFIX) else name
+    if mod not in available():
+        raise ValueError(f"Unknown extractor '{name}'. Ours: {', '.join(HLOC_PREFIX + a for a in available())}")
+    module = importlib.import_module(f"{__name__}.{mod}")
+    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
+               if c.__module__ == module.__name__ and issubclass(c, BaseModel)]
+    assert len(classes) == 1, classes
+    return classes[0]
+
+
+def load_model(model_conf: dict):
+    return model_class(model_conf["name"])(model_conf)

@@ -1,0 +1,118 @@
+"""Handcrafted detectors/descriptors through OpenCV: SIFT / RootSIFT (upright or not), ORB.
+
+All functions take an H×W uint8 grayscale image and return numpy arrays in OpenCV's keypoint
+convention (pixel centres at integer coordinates, as hloc expects), sorted by decreasing score:
+`keypoints` N×2 float32, `scores` N, `scales` N (OpenCV keypoint size, i.e. diameter),
+`oris` N (degrees), `descriptors` N×D.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+EPS = 1e-6
+
+
+def to_gray_u8(image: np.ndarray) -> np.ndarray:
+    """H×W or H×W×3 float in [0,1] (or uint8) → H×W uint8."""
+    if image.ndim == 3:
+        if image.dtype != np.uint8:
+            image = (image * 255.0).round().clip(0, 255).astype(np.uint8)
+        image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    elif image.dtype != np.uint8:
+        image = (image * 255.0).round().clip(0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def sift_to_rootsift(desc: np.ndarray) -> np.ndarray:
+    desc = desc / (np.abs(desc).sum(-1, keepdims=True) + EPS)
+    desc = np.sqrt(desc.clip(min=0))
+    return desc / (np.linalg.norm(desc, axis=-1, keepdims=True) + EPS)
+
+
+def _kp_arrays(kps) -> dict:
+    n = len(kps)
+    return {
+        "keypoints": np.array([k.pt for k in kps], np.float32).reshape(n, 2),
+        "scores": np.array([k.response for k in kps], np.float32).reshape(n),
+        "scales": np.array([k.size for k in kps], np.float32).reshape(n),
+        "oris": np.array([k.angle for k in kps], np.float32).reshape(n),
+    }
+
+
+def _top_k(kps, max_keypoints: int):
+    kps = sorted(kps, key=lambda k: -k.response)
+    if max_keypoints is not None and max_keypoints > 0:
+        kps = kps[:max_keypoints]
+    return kps
+
+
+def detect_sift(gray: np.ndarray, max_keypoints: int = 4096, contrast_threshold: float = 0.005,
+                root: bool = True, upright: bool = False, n_octave_layers: int = 3,
+                edge_threshold: float = 10.0, sigma: float = 1.6) -> dict:
+    """DoG keypoints + SIFT/RootSIFT descriptors, top `max_keypoints` by DoG response.
+
+    upright: every keypoint gets orientation 0; keypoints that only differed by orientation
+    are merged (the strongest is kept) before the top-k selection.
+    """
+    gray = to_gray_u8(gray)
+    sift = cv2.SIFT_create(nfeatures=0, nOctaveLayers=n_octave_layers,
+                           contrastThreshold=contrast_threshold, edgeThreshold=edge_threshold,
+                           sigma=sigma)
+    kps = sift.detect(gray, None)
+    if upright:
+        best = {}
+        for k in kps:
+            key = (round(k.pt[0], 3), round(k.pt[1], 3), round(k.size, 3))
+            if key not in best or k.response > best[key].response:
+                best[key] = k
+        kps = list(best.values())
+        for k in kps:
+            k.angle = 0.0
+    kps = _top_k(kps, max_keypoints)
+    desc = None
+    if kps:
+        kps, desc = sift.compute(gray, kps)
+    if desc is None or len(kps) == 0:
+        out = _kp_arrays([])
+        out["descriptors"] = np.zeros((0, 128), np.float32)
+        return out
+    out = _kp_arrays(kps)
+    desc = desc.astype(np.float32)
+    if root:
+        desc = sift_to_rootsift(desc)
+    else:
+        desc = desc / (np.linalg.norm(desc, axis=-1, keepdims=True) + EPS)
+    out["descriptors"] = desc.astype(np.float32)
+    return out
+
+
+def detect_orb(gray: np.ndarray, max_keypoints: int = 4096, scale_factor: float = 1.2,
+               n_levels: int = 8, fast_threshold: int = 20) -> dict:
+    """ORB (Harris-scored oFAST + rBRIEF); `descriptors` N×32 uint8 (raw bits)."""
+    gray = to_gray_u8(gray)
+    n = max_keypoints if max_keypoints and max_keypoints > 0 else 1_000_000
+    orb = cv2.ORB_create(nfeatures=n, scaleFactor=scale_factor, nlevels=n_levels,
+                         fastThreshold=fast_threshold)
+    kps, desc = orb.detectAndCompute(gray, None)
+    if desc is None or len(kps) == 0:
+        out = _kp_arrays([])
+        out["descriptors"] = np.zeros((0, 32), np.uint8)
+        return out
+    order = np.argsort([-k.response for k in kps], kind="stable")
+    if max_keypoints and max_keypoints > 0:
+        order = order[:max_keypoints]
+    kps = [kps[i] for i in order]
+    out = _kp_arrays(kps)
+    out["descriptors"] = desc[order]
+    return out
+
+
+def binary_to_unit_float(desc: np.ndarray) -> np.ndarray:
+    """N×B uint8 binary descriptors → N×(8B) float32 ±1/sqrt(8B) (unit norm).
+
+    For two such vectors, dot = 1 - 2·Hamming/(8B): L2 nearest neighbours are Hamming ones.
+    """
+    bits = np.unpackbits(desc, axis=1).astype(np.float32)
+    d = bits.shape[1]
+    return ((2.0 * bits - 1.0) / np.sqrt(max(d, 1))).astype(np.float32).reshape(len(desc), d)

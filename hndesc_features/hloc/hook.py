@@ -1,0 +1,101 @@
+"""Make an unmodified hloc see our extractors and confs.
+
+hloc has no plugin registry: `extract_features` keeps its confs in a module-level dict that
+argparse reads at import, and `dynamic_load` only accepts classes defined in a module named
+`hloc.extractors.<name>`. A `sys.meta_path` finder therefore
+- serves `hloc.extractors.hf_<x>` from our file `hndesc_features/extractors/<x>.py` (executed
+  under hloc's module name, so `dynamic_load` accepts its class), and
+- loads `hloc.extract_features` with one line added right after its top-level `confs = {...}`,
+  which adds our feature confs (never replacing a name hloc already defines).
+
+`install()` is called from `hndesc_features_hloc.pth` at interpreter start-up (disabled by the
+environment variable HNDESC_NO_HLOC_HOOK=1). It imports neither hloc nor torch and never raises.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+
+PREFIX = "hloc.extractors.hf_"
+EXTRACT_MODULE = "hloc.extract_features"
+EXTRACTORS_DIR = Path(__file__).resolve().parent.parent / "extractors"
+INJECT_LINE = "__import__('hndesc_features.hloc', fromlist=['inject_confs']).inject_confs(confs)"
+
+
+def inject_confs(confs: dict) -> list[str]:
+    """Add our feature confs to hloc's `confs` dict, skipping names hloc already has."""
+    try:
+        from hndesc_features.confs import feature_confs
+
+        ours = feature_confs()
+    except Exception as e:  # a broken conf must not break hloc itself
+        sys.stderr.write(f"[hndesc_features] could not load confs: {e}\n")
+        return []
+    added = []
+    for name, conf in ours.items():
+        if name not in confs:
+            confs[name] = conf
+            added.append(name)
+    return added
+
+
+def patch_source(source: str) -> str | None:
+    """hloc.extract_features' source with INJECT_LINE after `confs = {...}`; None if not found."""
+    tree = ast.parse(source)
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "confs" for t in targets):
+                lines = source.splitlines(keepends=True)
+                end = node.end_lineno
+                return "".join(lines[:end]) + INJECT_LINE + "\n" + "".join(lines[end:])
+    return None
+
+
+class _PatchedSourceLoader(importlib.machinery.SourceFileLoader):
+    """Loads hloc.extract_features from its own file, with our confs injected (no .pyc)."""
+
+    def get_code(self, fullname):
+        path = self.get_filename(fullname)
+        source = importlib.util.decode_source(self.get_data(path))
+        try:
+            patched = patch_source(source)
+        except SyntaxError:
+            patched = None
+        return compile(patched if patched is not None else source, path, "exec", dont_inherit=True)
+
+
+class HlocFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        try:
+            if fullname.startswith(PREFIX):
+                file = EXTRACTORS_DIR / f"{fullname[len(PREFIX):]}.py"
+                if file.is_file() and not file.stem.startswith("_"):
+                    return importlib.util.spec_from_file_location(fullname, file)
+                return None
+            if fullname == EXTRACT_MODULE:
+                spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+                if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+                    return None
+                spec.loader = _PatchedSourceLoader(fullname, spec.origin)
+                return spec
+        except Exception:
+            return None
+        return None
+
+
+def installed() -> bool:
+    return any(isinstance(f, HlocFinder) for f in sys.meta_path)
+
+
+def install() -> None:
+    """Put the finder first in sys.meta_path (idempotent, never raises)."""
+    try:
+        if not installed():
+            sys.meta_path.insert(0, HlocFinder())
+    except Exception:
+        pass
