@@ -22,7 +22,7 @@ import numpy as np
 MIN_IMAGE_SIDE = 8  # smaller images cannot hold a single descriptor support region
 # Above this many pixels (and when the conf downsizes anyway) JPEGs are decoded at a reduced
 # resolution by libjpeg (1/2, 1/4, 1/8), so memory stays bounded for giant images.
-LARGE_IMAGE_PIXELS = 48_000_000
+LARGE_IMAGE_PIXELS = int(os.environ.get("HNDESC_LARGE_IMAGE_PIXELS", 48_000_000))
 
 
 class ImageReadError(ValueError):
@@ -102,24 +102,36 @@ class FileLockedError(RuntimeError):
     pass
 
 
+_HELD_LOCKS: set[str] = set()
+
+
 @contextmanager
 def exclusive_lock(target: Path):
-    """Hold an exclusive advisory lock next to `target`; a second writer gets a clear error."""
+    """Hold an exclusive lock next to `target`; a second writer gets a clear error.
+
+    POSIX record locks (lockf) belong to the process and are not inherited by forked children
+    (e.g. DataLoader workers), so a killed writer never leaves a lock held behind it.
+    """
     lock_path = Path(str(target) + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    key = str(lock_path.resolve())
+    msg = (f"{target} is being written by another process (lock {lock_path} is held). "
+           "Wait for it to finish or write to another --feature_path.")
+    if key in _HELD_LOCKS:
+        raise FileLockedError(msg.replace("another process", "this process already"))
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise FileLockedError(
-                    f"{target} is being written by another process (lock {lock_path} is held). "
-                    "Wait for it to finish or write to another --feature_path.") from None
+                raise FileLockedError(msg) from None
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        _HELD_LOCKS.add(key)
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.discard(key)
     finally:
         os.close(fd)  # releases the lock; the (empty) lock file is harmless
 
@@ -152,11 +164,15 @@ class FeatureJournal:
     def _key(name: str) -> str:
         return hashlib.sha1(name.encode()).hexdigest()
 
-    def names(self) -> list[str]:
+    def _files(self) -> list[Path]:
+        """Finished entries (temporary files being written are dot-files without .npz)."""
         if not self.dir.exists():
             return []
+        return sorted(p for p in self.dir.glob("*.npz") if not p.name.startswith("."))
+
+    def names(self) -> list[str]:
         out = []
-        for p in sorted(self.dir.glob("*.npz")):
+        for p in self._files():
             try:
                 with np.load(p, allow_pickle=False) as z:
                     out.append(str(z["__name__"]))
@@ -172,13 +188,14 @@ class FeatureJournal:
         if uncertainty is not None:
             arrays["__uncertainty__"] = np.array(uncertainty)
         final = self.dir / f"{self._key(name)}.npz"
-        tmp = self.dir / f".{final.stem}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **arrays)
+        tmp = self.dir / f".{final.stem}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
         os.replace(tmp, final)
 
     def commit(self) -> int:
         """Move staged images into the .h5 atomically; returns how many were committed."""
-        files = sorted(self.dir.glob("*.npz")) if self.dir.exists() else []
+        files = self._files()
         if not files:
             if self.dir.exists():
                 shutil.rmtree(self.dir, ignore_errors=True)

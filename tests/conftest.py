@@ -1,0 +1,82 @@
+"""Shared fixtures: real data locations, hloc availability, small image folders."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = (ROOT / ".." / "shared" / "data").resolve()
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def hloc_available() -> bool:
+    try:
+        return importlib.util.find_spec("hloc") is not None and importlib.util.find_spec("hloc.extract_features") is not None
+    except Exception:
+        return False
+
+
+requires_hloc = pytest.mark.skipif(
+    not hloc_available(),
+    reason="hloc is not installed (not on PyPI): clone cvg/Hierarchical-Localization and `pip install --no-deps -e` it")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"real test data not found at {SHARED} (the ../shared/data folder beside the repo)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def sacre_coeur(shared_data) -> Path:
+    return shared_data / "sacre_coeur" / "mapping"
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    """RGB uint8 photo shipped inside the scikit-image wheel."""
+    import skimage.data
+
+    path = Path(skimage.data.__file__).parent / name
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, path
+    return img[:, :, ::-1].copy()
+
+
+@pytest.fixture
+def two_photos(tmp_path) -> Path:
+    """A folder with two real photos (skimage wheel), always available."""
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for n in ("motorcycle_left.png", "motorcycle_right.png"):
+        cv2.imwrite(str(d / n.replace(".png", ".jpg")), skimage_photo(n)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return d
+
+
+def run_py(args, env_extra=None, cwd=None, timeout=600, check=True):
+    env = {**os.environ, **(env_extra or {})}
+    p = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                       cwd=cwd or ROOT.parent, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"command failed ({p.returncode}): {args}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def read_h5(path: Path) -> dict:
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as fd:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = (obj[()], dict(obj.attrs))
+        fd.visititems(visit)
+    return out
