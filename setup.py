@@ -35,11 +35,11 @@ def packages():
     """hndesc_features and its subpackages, plus confs/ and training/ mapped inside it."""
     pkgs = ["hndesc_features"] + [f"hndesc_features.{p}" for p in find_packages("hndesc_features")]
     pkgs += ["hndesc_features.training"] + [f"hndesc_features.training.{p}" for p in find_packages("training")]
-    return pkgs + ["hndesc_features.confs"]
+    return pkgs + ["hndesc_features._confs"]
 
 
 setup(
     packages=packages(),
-    package_dir={"hndesc_features.confs": "confs", "hndesc_features.training": "training"},
+    package_dir={"hndesc_features._confs": "confs", "hndesc_features.training": "training"},
     cmdclass={"build_py": BuildPyWithPth},
 )

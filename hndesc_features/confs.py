@@ -1,6 +1,6 @@
 """Feature and matcher confs: one source of truth, the YAML files in `confs/`.
 
-`confs/` is shipped inside the wheel as `hndesc_features.confs`; in a source checkout the same
+`confs/` is shipped inside the wheel as `hndesc_features._confs`; in a source checkout the same
 folder is read directly. Both our CLIs and the hloc hook read these dicts.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ HLOC_PREFIX = "hf_"
 
 def _confs_root():
     try:
-        root = resources.files("hndesc_features.confs")
+        root = resources.files("hndesc_features._confs")
         if root.joinpath("features").is_dir():
             return root
     except (ModuleNotFoundError, TypeError):

@@ -1,0 +1,52 @@
+"""A non-editable wheel ships the confs, the weights and the hloc hook (.pth at its root)."""
+from __future__ import annotations
+
+import subprocess
+import sysconfig
+import sys
+import zipfile
+
+from conftest import ROOT, hloc_available, run_py
+
+
+def test_wheel_contents_and_hook(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    str(ROOT), "-w", str(tmp_path / "w")], check=True, capture_output=True)
+    wheel = next((tmp_path / "w").glob("hndesc_features-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "hndesc_features_hloc.pth" in names
+    for conf in ("rootsift", "rootsift_upright", "surf", "orb"):
+        assert f"hndesc_features/_confs/features/{conf}.yaml" in names
+    assert "hndesc_features/training/trainer.py" in names or "hndesc_features/training/__init__.py" in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    str(wheel)], check=True, capture_output=True)
+    # a fresh interpreter that sees only the installed copy (not the source tree) for our package
+    # (-S: no site processing, so the editable install's finder is absent; the dependencies come
+    # from this environment's site-packages appended without running its .pth files)
+    purelib = sysconfig.get_paths()["purelib"]
+    code = ("import site, sys\n"
+            f"site.addsitedir({str(target)!r})\n"
+            f"sys.path.append({purelib!r})\n"
+            "import hndesc_features.confs as c\n"
+            "print('FROM', c.__file__)\n"
+            "print('CONFS', sorted(c.feature_confs()))\n"
+            "import hndesc_features.hloc.hook as h\n"
+            "print('HOOK', h.installed())\n")
+    p = run_py(["-S", "-c", code], cwd=tmp_path)
+    assert f"FROM {target}" in p.stdout
+    assert "'surf'" in p.stdout and "'rootsift_upright'" in p.stdout
+    assert "HOOK True" in p.stdout  # the .pth ran when the site dir was added
+    if hloc_available():
+        import importlib.util
+        from pathlib import Path
+
+        hloc_root = Path(importlib.util.find_spec("hloc").origin).parents[1]
+        code2 = code + (f"sys.path.append({str(hloc_root)!r})\n"
+                        "print('HELP-START')\n"
+                        "sys.argv = ['x', '--help']\n"
+                        "import runpy\n"
+                        "runpy.run_module('hloc.extract_features', run_name='__main__')\n")
+        p = run_py(["-S", "-c", code2], cwd=tmp_path, check=False)
+        help_text = p.stdout.split("HELP-START")[-1]
+        assert "superpoint_aachen" in help_text and "rootsift_upright" in help_text, p.stdout + p.stderr
