@@ -166,12 +166,13 @@ def test_resume_after_kill(tmp_path, sacre_coeur):
     lst = tmp_path / "two.txt"
     lst.write_text("\n".join(sorted(p.name for p in sacre_coeur.glob("*.jpg"))[:2]))
     run_py(cmd[1:] + ["--image_list", str(lst)])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     journal = FeatureJournal(fp)
     t0 = time.time()
     while len(journal.names()) < 2 and time.time() - t0 < 240:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job: main process and its loader worker
     proc.wait()
     done = journal.names()
     assert len(done) >= 2, "the killed run had staged finished images"

@@ -1,0 +1,682 @@
+"""HNDesc losses and hard-negative mining (Melekhov et al., "Digging Into Self-Supervised Learning
+of Feature Descriptors", 3DV 2021; behaviour read from the MIT reference imelekhov/HNDesc).
+
+Inputs are the L2-normalised descriptors of N keypoints: ``anchors`` (first crop of a pair) and
+``positives`` (the same keypoints seen in the second crop), with ``pair_ids`` telling which
+training pair (image) each keypoint belongs to. Each anchor is scored against its positive and
+``knn`` (20) mined negatives, the hardest ones (highest cosine similarity) of a search space:
+
+- ``in_pair``: the other keypoints' positives of the *same* pair (R2D2/CAPS-like).
+- ``in_batch``: the positives of the *other* pairs of the mini-batch (the reference's default
+  criterion excludes the anchor's own pair; ``in_batch_with_pair=True`` adds it).
+- ``gd``: ``in_batch`` plus keypoints of crops taken from *neighbour images* found with global
+  image descriptors (a kNN file: hloc NetVLAD/GeM/... global-features .h5, or a pairs .txt);
+  these come in as ``extra`` descriptors.
+- ``selfgd``: as ``gd``, neighbours found with the model's own pooled features, refreshed every
+  K steps (``SelfGDIndex``).
+
+When fewer than ``knn`` negatives exist the last (weakest) mined one is repeated, as the
+reference does; anchors without any negative are dropped.
+
+Losses: quantised AP (``1 - AP``, 20 bins on similarities in [0, 1], R2D2's AP loss as the
+reference uses it) or triplet (margin 1, Euclidean distances, hardest negative).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger("hndesc_features")
+
+MINING_MODES = ("in_pair", "in_batch", "gd", "selfgd")
+
+
+# ---------------------------------------------------------------------------------- AP
+class QuantizedAP(nn.Module):
+    """Differentiable average precision through soft histogram binning (R2D2's AP loss).
+
+    ``nq`` triangular bins centred on ``max, …, min`` (width ``(max-min)/(nq-1)``); the first and
+    last bins saturate (everything above ``max`` / below ``min`` falls in them). For each query
+    row: AP = Σ_k precision_k · Δrecall_k over the bins sorted from most to least similar.
+    """
+
+    def __init__(self, nq: int = 20, vmin: float = 0.0, vmax: float = 1.0):
+        super().__init__()
+        assert nq >= 2 and vmax > vmin
+        self.nq = nq
+        self.vmin, self.vmax = vmin, vmax
+        self.register_buffer("centers", torch.linspace(vmax, vmin, nq), persistent=False)
+        self.a = (nq - 1) / (vmax - vmin)
+
+    def binning(self, x: torch.Tensor) -> torch.Tensor:
+        """x N×M → soft memberships N×Q×M (each value's memberships sum to 1 inside [min, max])."""
+        d = x.unsqueeze(1) - self.centers.view(1, -1, 1)  # N×Q×M
+        q = (1 - self.a * d.abs()).clamp(min=0)
+        first = torch.where(d[:, :1] >= 0, torch.ones_like(q[:, :1]), q[:, :1])
+        last = torch.where(d[:, -1:] <= 0, torch.ones_like(q[:, -1:]), q[:, -1:])
+        return torch.cat([first, q[:, 1:-1], last], 1)
+
+    def forward(self, sim: torch.Tensor, labels: torch.Tensor,
+                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """sim N×M similarities, labels N×M in {0,1}, valid N×M (optional) → AP per row (N)."""
+        q = self.binning(sim)
+        if valid is not None:
+            q = q * valid.unsqueeze(1).to(q)
+        nbs = q.sum(-1)  # samples per bin
+        rec = (q * labels.unsqueeze(1).to(q)).sum(-1)  # positives per bin
+        prec = rec.cumsum(-1) / (1e-16 + nbs.cumsum(-1))
+        rec = rec / rec.sum(-1, keepdim=True).clamp(min=1e-16)
+        return (prec * rec).sum(-1)
+
+
+# ---------------------------------------------------------------------------------- mining
+def negative_mask(pair_ids: torch.Tensor, mode: str, n_extra: int = 0,
+                  in_batch_with_pair: bool = False) -> torch.Tensor:
+    """N×(N+n_extra) bool: which candidates (positives, then extra descriptors) are negatives."""
+    if mode not in MINING_MODES:
+        raise ValueError(f"Unknown mining mode '{mode}'; expected one of {MINING_MODES}")
+    n = pair_ids.shape[0]
+    same = pair_ids[:, None] == pair_ids[None, :]
+    eye = torch.eye(n, dtype=torch.bool, device=pair_ids.device)
+    if mode == "in_pair":
+        m = same & ~eye
+    elif mode == "in_batch" and in_batch_with_pair:
+        m = ~eye
+    else:  # in_batch, gd, selfgd: the other pairs' positives
+        m = ~same
+    extra = torch.zeros(n, n_extra, dtype=torch.bool, device=pair_ids.device)
+    if mode in ("gd", "selfgd"):
+        extra[:] = True
+    return torch.cat([m, extra], 1)
+
+
+def mine_hardest(sim: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k similarities among the masked candidates of each row.
+
+    Returns (neg N×k, keep N): rows with fewer than k candidates repeat their weakest mined
+    negative (the reference's padding); rows with none are flagged ``keep=False``.
+    """
+    n_valid = mask.sum(1)
+    masked = sim.masked_fill(~mask, float("-inf"))
+    kk = min(k, sim.shape[1]) if sim.shape[1] else 0
+    if kk == 0:
+        return sim.new_zeros(sim.shape[0], k), torch.zeros_like(n_valid, dtype=torch.bool)
+    top, _ = masked.topk(kk, dim=1)
+    if kk < k:
+        top = torch.cat([top, top[:, -1:].expand(-1, k - kk)], 1)
+    # positions beyond a row's count hold -inf: repeat its last valid (weakest) negative
+    idx = torch.arange(k, device=sim.device)[None].expand(sim.shape[0], -1)
+    last = (n_valid.clamp(min=1) - 1).clamp(max=k - 1)
+    fill = top.gather(1, last[:, None])
+    top = torch.where(idx < n_valid[:, None], top, fill)
+    return top, n_valid > 0
+
+
+class HNDescLoss(nn.Module):
+    """AP (default) or triplet loss with HNDesc hard-negative mining.
+
+    forward(anchors N×D, positives N×D, pair_ids N, extra M×D | None) →
+    {"loss", "ap" (mean AP of the kept anchors; for triplet too, as a metric), "n" kept anchors}.
+    """
+
+    def __init__(self, loss: str = "ap", mining: str = "in_batch", knn: int = 20, nq: int = 20,
+                 margin: float = 1.0, in_batch_with_pair: bool = False):
+        super().__init__()
+        if loss not in ("ap", "triplet"):
+            raise ValueError(f"Unknown HNDesc loss '{loss}'; expected 'ap' or 'triplet'")
+        if mining not in MINING_MODES:
+            raise ValueError(f"Unknown mining mode '{mining}'; expected one of {MINING_MODES}")
+        self.loss, self.mining, self.knn, self.margin = loss, mining, knn, margin
+        self.in_batch_with_pair = in_batch_with_pair
+        self.ap = QuantizedAP(nq, 0.0, 1.0)
+
+    def similarities(self, anchors, positives, pair_ids, extra=None):
+        """(sim_pos N, sim_neg N×knn, keep N) for the configured mining mode."""
+        cands = positives if extra is None or extra.shape[0] == 0 else torch.cat([positives, extra])
+        n_extra = cands.shape[0] - positives.shape[0]
+        if self.mining in ("gd", "selfgd") and n_extra == 0:
+            logger.debug("HNDesc %s mining without neighbour descriptors: in_batch only", self.mining)
+        sim = anchors @ cands.t()
+        mask = negative_mask(pair_ids, self.mining, n_extra, self.in_batch_with_pair)
+        neg, keep = mine_hardest(sim, mask, self.knn)
+        pos = (anchors * positives).sum(-1)
+        return pos, neg, keep
+
+    def forward(self, anchors: torch.Tensor, positives: torch.Tensor, pair_ids: torch.Tensor,
+                extra: Optional[torch.Tensor] = None) -> dict:
+        pos, neg, keep = self.similarities(anchors, positives, pair_ids, extra)
+        pos, neg = pos[keep], neg[keep]
+        if pos.numel() == 0:
+            zero = anchors.sum() * 0.0
+            return {"loss": zero, "ap": zero.detach(), "n": 0}
+        sim = torch.cat([pos[:, None], neg], 1)
+        labels = torch.zeros_like(sim)
+        labels[:, 0] = 1
+        ap = self.ap(sim, labels)
+        if self.loss == "ap":
+            loss = (1 - ap).mean()
+        else:  # triplet on Euclidean distances of unit vectors: d = sqrt(2 - 2 s)
+            d_pos = (2 - 2 * pos).clamp(min=1e-12).sqrt()
+            d_neg = (2 - 2 * neg[:, 0]).clamp(min=1e-12).sqrt()
+            loss = F.relu(d_pos - d_neg + self.margin).mean()
+        return {"loss": loss, "ap": ap.mean().detach(), "n": int(pos.shape[0])}
+
+
+# ------------------------------------------------------------------ neighbour images (gd)
+def _match_names(file_names: Sequence[str], train_names: Sequence[str]) -> dict:
+    """Map names used in a kNN file onto training image names (exact, else path-suffix match)."""
+    train = list(train_names)
+    exact = set(train)
+    out = {}
+    for n in file_names:
+        if n in exact:
+            out[n] = n
+            continue
+        cands = [t for t in train if t.endswith("/" + n.lstrip("/")) or n.endswith("/" + t.lstrip("/"))]
+        if len(cands) == 1:
+            out[n] = cands[0]
+    return out
+
+
+class KNNIndex:
+    """Neighbour images of each training image, from a global-descriptor kNN file.
+
+    ``path``: an hloc global-features .h5 (one group per image with ``global_descriptor``; the kNN
+    is computed by cosine similarity) or a pairs .txt (``query neighbour`` per line, in order of
+    preference, as written by hloc's pairs_from_retrieval). ``train_names``: the training images
+    (paths as strings); file names are matched exactly or as path suffixes. A file naming images
+    that are not training images raises a ``ValueError`` (``allow_unknown=True``: drop them).
+    """
+
+    def __init__(self, path, train_names: Sequence[str], k: int = 5, allow_unknown: bool = False):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"kNN file not found: {self.path}")
+        self.k = k
+        self.train_names = [str(n) for n in train_names]
+        if self.path.suffix in (".h5", ".hdf5"):
+            raw = self._from_h5()
+        else:
+            raw = self._from_pairs()
+        names = set(raw) | {m for v in raw.values() for m in v}
+        mapping = _match_names(sorted(names), self.train_names)
+        unknown = sorted(n for n in names if n not in mapping)
+        if unknown and not allow_unknown:
+            raise ValueError(
+                f"kNN file {self.path} names {len(unknown)} image(s) that are not training images, "
+                f"e.g. {', '.join(unknown[:3])}. Recompute it on the training images or pass "
+                "allow_unknown=True to ignore them.")
+        if unknown:
+            logger.warning("kNN file %s: ignoring %d unknown image(s)", self.path, len(unknown))
+        self.neighbours: dict[str, list[str]] = {}
+        for q, nn_list in raw.items():
+            if q not in mapping:
+                continue
+            nb = [mapping[m] for m in nn_list if m in mapping and mapping[m] != mapping[q]]
+            self.neighbours[mapping[q]] = nb[:k]
+
+    def _from_pairs(self) -> dict:
+        raw: dict[str, list[str]] = {}
+        for line in self.path.read_text().splitlines():
+            parts = line.strip().split()
+            if len(parts) < 2 or line.lstrip().startswith("#"):
+                continue
+            lst = raw.setdefault(parts[0], [])
+            if parts[1] not in lst:
+                lst.append(parts[1])
+        if not raw:
+            raise ValueError(f"{self.path}: no 'query neighbour' lines found")
+        return raw
+
+    def _from_h5(self) -> dict:
+        import h5py
+
+        names, descs = [], []
+        with h5py.File(str(self.path), "r") as f:
+            def visit(name, obj):
+                if isinstance(obj, h5py.Group) and "global_descriptor" in obj:
+                    names.append(name)
+                    descs.append(np.asarray(obj["global_descriptor"][()], np.float32).reshape(-1))
+            f.visititems(visit)
+        if not names:
+            raise ValueError(f"{self.path}: no 'global_descriptor' datasets (not an hloc global-features file?)")
+        return knn_from_descriptors(names, np.stack(descs), self.k)
+
+    def __call__(self, name: str) -> list[str]:
+        return self.neighbours.get(str(name), [])
+
+
+def knn_from_descriptors(names: Sequence[str], descs: np.ndarray, k: int) -> dict:
+    d = descs / (np.linalg.norm(descs, axis=1, keepdims=True) + 1e-12)
+    sim = d @ d.T
+    np.fill_diagonal(sim, -np.inf)
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return {names[i]: [names[j] for j in order[i]] for i in range(len(names))}
+
+
+class SelfGDIndex:
+    """``selfgd``: neighbours from the model's own global descriptors, refreshed every K steps.
+
+    The global descriptor of an image is the L2-normalised mean of its L2-normalised dense
+    descriptors (image resized to ``size`` px on its long side). ``load_image(name)`` must
+    return an H×W×3 float array in [0, 1].
+    """
+
+    def __init__(self, train_names: Sequence[str], load_image: Callable[[str], np.ndarray],
+                 refresh_every: int = 1000, k: int = 5, size: int = 256):
+        self.train_names = [str(n) for n in train_names]
+        self.load_image = load_image
+        self.refresh_every, self.k, self.size = refresh_every, k, size
+        self.neighbours: dict[str, list[str]] = {}
+        self.last_refresh: Optional[int] = None
+
+    @torch.no_grad()
+    def global_descriptors(self, model: nn.Module) -> np.ndarray:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        out = []
+        for n in self.train_names:
+            img = torch.from_numpy(np.ascontiguousarray(self.load_image(n))).float().permute(2, 0, 1)[None]
+            s = self.size / max(img.shape[-2:])
+            if s < 1:
+                img = F.interpolate(img, scale_factor=s, mode="area")
+            dense = F.normalize(model(img.to(device)), dim=1)
+            out.append(F.normalize(dense.mean((2, 3)), dim=1)[0].cpu().numpy())
+        model.train(was_training)
+        return np.stack(out)
+
+    def maybe_refresh(self, model: nn.Module, step: int) -> bool:
+        if self.last_refresh is not None and step - self.last_refresh < self.refresh_every:
+            return False
+        self.neighbours = knn_from_descriptors(self.train_names, self.global_descriptors(model), self.k)
+        self.last_refresh = step
+        return True
+
+    def __call__(self, name: str) -> list[str]:
+        return self.neighbours.get(str(name), [])
+
+
+def pick_negative_window(image_hw: tuple[int, int], keypoints: np.ndarray, crop,
+                         n_trials: int = 5, rng: Optional[random.Random] = None) -> tuple[int, int]:
+    """Top-left (y0, x0) of a crop window (int side or (h, w)) of a neighbour image rich in keypoints.
+
+    As the reference: the best (most keypoints) of ``n_trials`` windows centred on random
+    keypoints, clamped inside the image; a centred window if there are no keypoints.
+    """
+    rng = rng or random
+    H, W = image_hw
+    ch, cw = (crop, crop) if isinstance(crop, int) else crop
+    ch, cw = min(int(ch), H), min(int(cw), W)
+
+    def clamp_window(cx, cy):
+        x0 = int(round(cx - cw / 2))
+        y0 = int(round(cy - ch / 2))
+        return min(max(y0, 0), H - ch), min(max(x0, 0), W - cw)
+
+    if len(keypoints) == 0:
+        return (H - ch) // 2, (W - cw) // 2
+    best, best_n = None, -1
+    for _ in range(n_trials):
+        cx, cy = keypoints[rng.randrange(len(keypoints))]
+        y0, x0 = clamp_window(cx, cy)
+        inside = ((keypoints[:, 0] >= x0) & (keypoints[:, 0] < x0 + cw)
+                  & (keypoints[:, 1] >= y0) & (keypoints[:, 1] < y0 + ch)).sum()
+        if inside > best_n:
+            best, best_n = (y0, x0), int(inside)
+    return best
+
+
+# ================================================================== trainer adapter
+# The trainer (training/trainer.py) uses: Loss(conf["loss"]) with forward(model, batch) ->
+# (loss, logs); prepare(sample, conf) in the data workers; collate; extract(...) for validation.
+# Data: the ``homographies`` dataset with the H-crops generator (its own photometric augmentation
+# off: HNDesc's colour augmentation is applied here, after stylization).
+
+DEFAULT_CONF = {
+    "loss": "ap",  # ap | triplet
+    "mining": "in_batch",  # in_pair | in_batch | gd | selfgd
+    "in_batch_with_pair": False,
+    "knn": 20,  # mined negatives per anchor
+    "nq": 20,  # AP quantisation bins
+    "margin": 1.0,  # triplet
+    "keypoints": {"max": 200, "min": 16, "contrast_threshold": 0.005},
+    "augment": {"enable": True, "p_color": 0.6, "p_blur": 0.3, "p_noise": 0.1},
+    # second crop from a stylized version with probability p (reference: 0.7).
+    # mode online: StatsStylizer colour map on the crop; pregenerated: copies written by
+    # `python -m training.stylize` under `root` (needs samples with A1/source_hw); none.
+    "stylize": {"mode": "online", "p": 0.7, "root": None, "styles": None, "rel_to": None},
+    # neighbour crops have the size of the training crops (one forward pass)
+    "gd": {"knn_file": None, "k": 5, "pick": "first", "resize": 800, "max_kpts": 200,
+           "allow_unknown": False, "images": {"name": "dev_images", "split": "train"}},
+    "selfgd": {"refresh_every": 500, "k": 5, "size": 256},
+}
+
+_CACHE: dict = {}  # per-process caches (stylizer, augmentation)
+
+
+def _conf(conf: Optional[dict]) -> dict:
+    from ..datasets.base import merge
+
+    return merge(DEFAULT_CONF, {k: v for k, v in (conf or {}).items() if k != "name"})
+
+
+def _stylizer(sconf: dict):
+    from ..stylize import StatsStylizer, default_style_photos
+
+    key = ("stylizer", repr(sconf.get("styles")))
+    if key not in _CACHE:
+        photos = sconf.get("styles") or default_style_photos()
+        _CACHE[key] = StatsStylizer({k: list(v) for k, v in photos.items()}, seed=0)
+    return _CACHE[key]
+
+
+def _augmentation(aconf: dict):
+    from ..augment_hndesc import build_augmentation
+
+    key = ("augment", repr(sorted(aconf.items())))
+    if key not in _CACHE:
+        _CACHE[key] = build_augmentation(aconf)
+    return _CACHE[key]
+
+
+def _u8(t: torch.Tensor) -> np.ndarray:
+    """C×H×W float [0,1] → H×W×3 uint8."""
+    a = (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.repeat(a, 3, -1) if a.shape[-1] == 1 else np.ascontiguousarray(a)
+
+
+def _stylize_view1(sample: dict, sconf: dict, rng: np.random.Generator) -> torch.Tensor:
+    view1 = sample["view1"]
+    if sconf["mode"] == "none" or rng.uniform() >= float(sconf["p"]):
+        return view1
+    if sconf["mode"] == "online":
+        st = _stylizer(sconf)
+        out = st(_u8(view1), list(st.styles)[rng.integers(len(st.styles))], rng=rng)
+        out = torch.from_numpy(out).permute(2, 0, 1).float() / 255.0
+    elif sconf["mode"] == "pregenerated":
+        out = _pregenerated_view1(sample, sconf, rng)
+        if out is None:
+            return view1
+    else:
+        raise ValueError(f"loss.stylize.mode must be online, pregenerated or none, got {sconf['mode']!r}")
+    if "valid1" in sample:  # keep the invalid (outside the image) pixels as the sampler made them
+        v = torch.as_tensor(sample["valid1"])[None]
+        out = torch.where(v, out, view1)
+    return out
+
+
+def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
+    from ..geometry.homography import warp_image
+    from ..stylize import read_rgb, stylized_versions
+
+    if sconf.get("root") is None:
+        raise ValueError("loss.stylize.mode=pregenerated needs loss.stylize.root "
+                         "(the output folder of `python -m training.stylize`)")
+    if "A1" not in sample or "source_hw" not in sample:
+        raise ValueError("loss.stylize.mode=pregenerated needs samples with 'A1' (image→view1 "
+                         "homography) and 'source_hw' (size of the resized source image); this "
+                         "dataset does not provide them: use mode=online")
+    name = Path(sample["name"])
+    rel = name.relative_to(sconf["rel_to"]) if sconf.get("rel_to") else Path(name.name)
+    versions = stylized_versions(sconf["root"], rel)
+    if not versions:
+        return None
+    img = read_rgb(versions[rng.integers(len(versions))])
+    h, w = [int(x) for x in sample["source_hw"]]
+    import cv2
+
+    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    t = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+    return warp_image(t, np.asarray(sample["A1"], np.float64), sample["view1"].shape[-2:])
+
+
+def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """DoG keypoints of view 0 that stay visible in view 1 (+ random ones if too few)."""
+    from ..geometry.homography import warp_points
+
+    h, w = view0.shape[-2:]
+    valid0 = np.ones((h, w), bool) if valid0 is None else np.asarray(valid0, bool)
+    valid1 = np.ones((h, w), bool) if valid1 is None else np.asarray(valid1, bool)
+
+    def visible(p0):
+        p1 = warp_points(p0.astype(np.float64), H)
+        r0, r1 = np.round(p0).astype(int), np.round(p1).astype(int)
+        ok = (r0[:, 0] >= 0) & (r0[:, 0] < w) & (r0[:, 1] >= 0) & (r0[:, 1] < h)
+        ok &= (r1[:, 0] >= 0) & (r1[:, 0] < w) & (r1[:, 1] >= 0) & (r1[:, 1] < h)
+        ok[ok] &= valid0[r0[ok, 1], r0[ok, 0]] & valid1[r1[ok, 1], r1[ok, 0]]
+        return p1, ok
+
+    kp = dog_keypoints(cv2_gray(view0), 4 * int(kconf["max"]), float(kconf["contrast_threshold"]))
+    kp1, ok = visible(kp.reshape(-1, 2))
+    kp0, kp1 = kp.reshape(-1, 2)[ok][: int(kconf["max"])], kp1[ok][: int(kconf["max"])]
+    if len(kp0) < int(kconf["min"]):  # flat crop: random visible points instead
+        cand = rng.uniform([0, 0], [w - 1, h - 1], (4 * int(kconf["max"]), 2))
+        c1, okc = visible(cand)
+        need = int(kconf["min"]) - len(kp0)
+        kp0 = np.concatenate([kp0, cand[okc][:need]])
+        kp1 = np.concatenate([kp1, c1[okc][:need]])
+    return kp0.astype(np.float32), kp1.astype(np.float32)
+
+
+def dog_keypoints(gray: np.ndarray, n: int, contrast_threshold: float = 0.005) -> np.ndarray:
+    """OpenCV DoG (SIFT detector) locations, one per position (orientation duplicates merged),
+    strongest first → N×2 float32. Duplicated locations would be false "negatives" of each other."""
+    import cv2
+
+    kps = cv2.SIFT_create(nfeatures=0, contrastThreshold=contrast_threshold).detect(gray, None)
+    best: dict = {}
+    for k in kps:
+        key = (round(k.pt[0], 2), round(k.pt[1], 2))
+        if key not in best or k.response > best[key][2]:
+            best[key] = (k.pt[0], k.pt[1], k.response)
+    pts = sorted(best.values(), key=lambda t: -t[2])[:n]
+    return np.array([p[:2] for p in pts], np.float32).reshape(-1, 2)
+
+
+def cv2_gray(t: torch.Tensor) -> np.ndarray:
+    import cv2
+
+    a = _u8(t)
+    return cv2.cvtColor(a, cv2.COLOR_RGB2GRAY)
+
+
+def prepare(sample: dict, conf: dict) -> dict:
+    """Dataset pair → HNDesc training sample (runs in the data workers).
+
+    Adds stylization of view 1 (probability p), DoG keypoints of view 0 with their exact
+    positions in view 1 (padded to ``keypoints.max`` with a mask) and HNDesc colour augmentation.
+    """
+    lc = _conf(conf.get("loss"))
+    rng = np.random.default_rng([int(sample.get("seed", 0)) & 0xFFFFFFFF, 4242])
+    H = np.asarray(sample["H_0to1"], np.float64)
+    kp0, kp1 = _keypoints(sample["view0"], H, sample.get("valid0"), sample.get("valid1"), lc["keypoints"], rng)
+    view1 = _stylize_view1(sample, lc["stylize"], rng)
+    view0 = sample["view0"]
+    if view0.shape[0] == 1:
+        view0, view1 = view0.expand(3, -1, -1), view1.expand(3, -1, -1)
+    if lc["augment"].get("enable", True):
+        aug = _augmentation({k: v for k, v in lc["augment"].items() if k != "enable"})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**31)))
+            view0, view1 = aug(view0[None])[0], aug(view1[None])[0]
+    n = int(lc["keypoints"]["max"])
+    k0, k1 = np.zeros((n, 2), np.float32), np.zeros((n, 2), np.float32)
+    mask = np.zeros(n, bool)
+    m = min(n, len(kp0))
+    k0[:m], k1[:m], mask[:m] = kp0[:m], kp1[:m], True
+    return {"view0": view0.contiguous(), "view1": view1.contiguous(), "kpts0": torch.from_numpy(k0),
+            "kpts1": torch.from_numpy(k1), "kmask": torch.from_numpy(mask),
+            "H_0to1": torch.as_tensor(H, dtype=torch.float32), "name": str(sample.get("name", "")),
+            "seed": int(sample.get("seed", 0))}
+
+
+def collate(samples: list) -> dict:
+    out = {}
+    for k in samples[0]:
+        vals = [s[k] for s in samples]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def describe(model: nn.Module, images: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+    """Model + B×3×H×W images + B×N×2 keypoints → B×N×D L2-normalised descriptors."""
+    from hndesc_features.models.sampling import sample_descriptors
+
+    net = _unwrap(model)
+    dense = model(images)
+    d = sample_descriptors(dense, keypoints, tuple(images.shape[-2:]), net.sampling, net.stride)
+    return d.transpose(1, 2)
+
+
+class Loss(nn.Module):
+    """HNDesc training objective for the shared trainer (``loss.name: hndesc``)."""
+
+    def __init__(self, conf: Optional[dict] = None):
+        super().__init__()
+        self.conf = c = _conf(conf)
+        self.criterion = HNDescLoss(c["loss"], c["mining"], int(c["knn"]), int(c["nq"]), float(c["margin"]),
+                                    bool(c["in_batch_with_pair"]))
+        self.index = None
+        self.calls = 0
+        self._images: dict = {}
+        self._py_rng = random.Random(0)
+
+    # ----------------------------------------------------------- neighbour images (gd/selfgd)
+    def _train_paths(self) -> list[str]:
+        from ..datasets.image_folder import source_paths
+
+        return [str(p) for p in source_paths(self.conf["gd"]["images"])]
+
+    def _load_neighbour(self, path: str, size: int):
+        """(H×W×3 uint8 image resized for cropping, its DoG keypoints), cached."""
+        if path not in self._images:
+            from ..datasets.base import read_image, resize_long_side
+
+            g = self.conf["gd"]
+            img = read_image(path)
+            if img is None:
+                self._images[path] = None
+                return None
+            img = resize_long_side(img, float(g["resize"]), min_side=size)
+            import cv2
+
+            kp = dog_keypoints(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), 5000,
+                               float(self.conf["keypoints"]["contrast_threshold"]))
+            self._images[path] = (img, kp)
+        return self._images[path]
+
+    def _neighbour_index(self, model):
+        mode, g = self.conf["mining"], self.conf["gd"]
+        if mode == "gd" and self.index is None:
+            if not g["knn_file"]:
+                raise ValueError("loss.mining=gd needs loss.gd.knn_file: an hloc global-features .h5 "
+                                 "(e.g. NetVLAD) or a retrieval pairs .txt of the training images")
+            self.index = KNNIndex(g["knn_file"], self._train_paths(), int(g["k"]), bool(g["allow_unknown"]))
+        if mode == "selfgd":
+            if self.index is None:
+                from ..datasets.base import read_image, resize_long_side
+
+                s = self.conf["selfgd"]
+
+                def load(p):
+                    img = read_image(p)
+                    img = np.zeros((64, 64, 3), np.uint8) if img is None else resize_long_side(img, s["size"])
+                    return img.astype(np.float32) / 255.0
+
+                self.index = SelfGDIndex(self._train_paths(), load, int(s["refresh_every"]), int(s["k"]),
+                                         int(s["size"]))
+            if self.index.maybe_refresh(_unwrap(model), self.calls):
+                logger.info("selfgd: neighbours refreshed at step %d", self.calls)
+        return self.index
+
+    def _neighbour_crops(self, model, batch, size: tuple[int, int]):
+        """Crops (M×3×h×w, ``size`` = (h, w)) of the neighbour images of the batch, their
+        keypoints (M×K×2, padded) and mask (M×K), or None."""
+        index = self._neighbour_index(model)
+        g = self.conf["gd"]
+        crops, kps = [], []
+        for name in batch["name"]:
+            nbs = index(name)
+            if not nbs:
+                continue
+            nb = nbs[0] if g["pick"] == "first" else nbs[self._py_rng.randrange(len(nbs))]
+            loaded = self._load_neighbour(nb, max(size))
+            if loaded is None:
+                continue
+            img, kp = loaded
+            h, w = size
+            y0, x0 = pick_negative_window(img.shape[:2], kp, (h, w), 5, self._py_rng)
+            sel = (kp[:, 0] >= x0) & (kp[:, 0] < x0 + w) & (kp[:, 1] >= y0) & (kp[:, 1] < y0 + h)
+            k = kp[sel][: int(g["max_kpts"])] - np.array([x0, y0], np.float32)
+            if len(k) == 0:
+                continue
+            crops.append(torch.from_numpy(np.ascontiguousarray(img[y0:y0 + h, x0:x0 + w]))
+                         .permute(2, 0, 1).float() / 255)
+            kps.append(torch.from_numpy(k))
+        if not crops:
+            return None
+        x = torch.stack(crops)
+        if self.conf["augment"].get("enable", True):
+            x = _augmentation({k: v for k, v in self.conf["augment"].items() if k != "enable"})(x)
+        n = max(len(k) for k in kps)
+        kp_pad = torch.zeros(len(kps), n, 2)
+        m = torch.zeros(len(kps), n, dtype=torch.bool)
+        for i, k in enumerate(kps):
+            kp_pad[i, : len(k)], m[i, : len(k)] = k, True
+        return x, kp_pad, m
+
+    # ----------------------------------------------------------- objective
+    def forward(self, model, batch) -> tuple[torch.Tensor, dict]:
+        v0, v1 = batch["view0"], batch["view1"]
+        B, N = batch["kmask"].shape
+        mask = batch["kmask"]
+        images, kpts = [v0, v1], [batch["kpts0"], batch["kpts1"]]
+        neg = None
+        if self.conf["mining"] in ("gd", "selfgd"):
+            # crops of the views' size, so that everything goes through ONE model forward (DDP)
+            neg = self._neighbour_crops(model, batch, (int(v0.shape[-2]), int(v0.shape[-1])))
+            if neg is not None:
+                x, kp, m = (t.to(v0.device) for t in neg)
+                images.append(x)
+                n = max(N, kp.shape[1])
+                pad = lambda t: F.pad(t, (0, 0, 0, n - t.shape[1]))  # noqa: E731
+                kpts = [pad(k) for k in kpts] + [pad(kp)]
+        d = describe(model, torch.cat(images), torch.cat(kpts))
+        anchors, positives = d[:B, :N][mask], d[B:2 * B, :N][mask]
+        extra = d[2 * B:, : neg[2].shape[1]][neg[2].to(d.device)] if neg is not None else None
+        pair_ids = torch.arange(B, device=mask.device)[:, None].expand(B, N)[mask]
+        self.calls += 1
+        out = self.criterion(anchors, positives, pair_ids, extra)
+        logs = {"ap": out["ap"], "kpts": float(mask.sum()) / B,
+                "pos_sim": (anchors * positives).sum(-1).mean().detach()}
+        if self.conf["mining"] in ("gd", "selfgd"):
+            logs["extra_negs"] = float(0 if extra is None else extra.shape[0])
+        return out["loss"], logs
+
+
+@torch.no_grad()
+def extract(model, image: torch.Tensor, conf: dict, max_keypoints: int = 1024) -> dict:
+    """Validation features: DoG keypoints (as at extraction time) + HNDesc descriptors."""
+    lc = _conf(conf.get("loss") if conf else None)
+    img = image[0]
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    kp = dog_keypoints(cv2_gray(img.cpu()), max_keypoints, float(lc["keypoints"]["contrast_threshold"]))
+    kpt = torch.from_numpy(kp.reshape(-1, 2)).to(image.device)
+    if len(kpt) == 0:
+        return {"keypoints": kpt, "descriptors": torch.zeros(0, 128)}
+    d = describe(model, img[None].to(image.device), kpt[None])[0]
+    return {"keypoints": kpt, "descriptors": d}
