@@ -155,13 +155,12 @@ def main(
     overwrite: bool = False,
     strict: bool = False,
     model=None,
-    rank: int = 0,
-    world_size: int = 1,
+    progress: bool = True,
 ) -> Path:
     """Extract features of the images in image_dir (hloc's signature, plus `strict`).
 
-    rank/world_size: process only every world_size-th image (sharded extraction, see
-    hndesc_features.distributed).
+    model: an already-built extractor (else built from conf["model"]); progress: show tqdm.
+    Sharded extraction over processes is in hndesc_features.distributed.
     """
     logger.info(f"Extracting local features with configuration:\n{pprint.pformat(conf)}")
     image_dir = Path(image_dir)
@@ -180,8 +179,6 @@ def main(
             logger.info(f"Recovered {committed} images from an interrupted run.")
         skip = set(list_h5_names(feature_path)) if feature_path.exists() and not overwrite else set()
         names = [n for n in dataset.names if n not in skip]
-        if world_size > 1:
-            names = names[rank::world_size]
         dataset.names = names
         if not names:
             logger.info("Skipping the extraction.")
@@ -198,7 +195,7 @@ def main(
                                              batch_size=1, collate_fn=_first)
         failed = []
         try:
-            for data in tqdm(loader, desc=f"extract {conf.get('output', '')}", disable=rank > 0):
+            for data in tqdm(loader, desc=f"extract {conf.get('output', '')}", disable=not progress):
                 name = data["name"]
                 if "error" in data:
                     if strict:

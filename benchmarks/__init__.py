@@ -1,0 +1,12 @@
+"""Benchmarks for hndesc-features (repo-only): `python -m benchmarks.<name> --help`.
+
+hpatches            HPatches MMA (D2-Net protocol) and homography accuracy / matching score
+                    (SuperPoint protocol) on any folder in HPatches layout
+make_dev_hpatches   our dev HPatches from the held-out photos (synthetic homographies/photometry)
+localization_gt     offline Aachen-style localization on scenes with metric GT cameras (Strecha)
+aachen_v1_1         Aachen Day-Night v1.1 runner (hloc steps + NetVLAD), submission file
+inloc               InLoc runner (NetVLAD top-40 + localize_inloc), submission file
+tokyo247            Tokyo 24/7 place recognition: NetVLAD shortlist re-ranked by inliers
+report              papers' tables in markdown from our results JSON (+ server numbers)
+speed               images/s and peak memory per conf vs OpenCV SIFT
+"""

@@ -1,0 +1,94 @@
+"""Global-descriptor retrieval (NetVLAD by default) for the localization runners, with the
+failure modes of an offline machine turned into clear errors:
+- torchvision cannot be imported (hloc's NetVLAD builds a VGG16 from it);
+- the NetVLAD weights are not cached and cannot be downloaded (URLError at construction);
+- any other global extractor that fails to load.
+Each message says what is missing, how to get it, and that --pairs FILE skips retrieval."""
+from __future__ import annotations
+
+import importlib
+import urllib.error
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .common import BenchmarkError, extract, logger, require_hloc, resolve_feature_conf
+
+PAIRS_HINT = ("or pass --pairs FILE with precomputed retrieval pairs (one `query db` pair per line; "
+              "hloc ships NetVLAD pairs for Aachen v1.1 and InLoc in its pairs/ folder)")
+NEEDS_TORCHVISION = ("netvlad", "openibl", "megaloc")
+
+
+def _torch_version() -> str:
+    try:
+        import torch
+
+        return torch.__version__.split("+")[0]
+    except Exception:
+        return "?"
+
+
+def check_global_model(conf: dict) -> None:
+    """Raise BenchmarkError naming what is missing for this global (retrieval) conf."""
+    require_hloc("retrieval")
+    name = conf["model"]["name"]
+    if name in NEEDS_TORCHVISION:
+        try:
+            import torchvision  # noqa: F401
+        except Exception as e:
+            raise BenchmarkError(
+                f"Retrieval with '{name}' needs torchvision (hloc builds its backbone from "
+                f"torchvision.models), which cannot be imported here ({type(e).__name__}: {e}). "
+                f"Install the torchvision release matching torch {_torch_version()} "
+                f"(`pip install torchvision` from the same index as torch), {PAIRS_HINT}.") from None
+    try:
+        module = importlib.import_module(f"hloc.extractors.{name}")
+    except Exception as e:
+        raise BenchmarkError(f"hloc's global extractor '{name}' cannot be imported ({type(e).__name__}: "
+                             f"{e}); install its dependencies, {PAIRS_HINT}.") from None
+    if name == "netvlad":
+        import torch
+
+        model_name = {**module.NetVLAD.default_conf, **conf["model"]}["model_name"]
+        urls = getattr(module.NetVLAD, "checkpoint_urls", {})
+        if model_name not in urls:
+            raise BenchmarkError(f"Unknown NetVLAD model '{model_name}'; one of {sorted(urls)}.")
+        path = Path(torch.hub.get_dir(), "netvlad", model_name + ".mat")
+        if not path.exists():
+            from .download import download_file
+
+            try:
+                download_file(urls[model_name], path,
+                              manual_hint=f" (hloc looks for it there: torch.hub.get_dir()/netvlad/); "
+                                          f"{PAIRS_HINT}")
+            except BenchmarkError as e:
+                raise BenchmarkError(f"The NetVLAD weights {model_name}.mat are not cached. {e}") from None
+    else:
+        from hloc.utils.base_model import dynamic_load
+        from hloc import extractors
+
+        try:
+            dynamic_load(extractors, name)(conf["model"])
+        except (urllib.error.URLError, OSError, RuntimeError, ImportError) as e:
+            raise BenchmarkError(f"hloc's global extractor '{name}' could not be built ({type(e).__name__}: "
+                                 f"{e}); its weights are probably not cached and cannot be downloaded; "
+                                 f"{PAIRS_HINT}.") from None
+
+
+def retrieval_pairs(retrieval: str, image_dir: Path, names: Sequence[str], global_path: Path,
+                    output: Path, num_matched: int, query_names: Sequence[str],
+                    db_names: Optional[Sequence[str]] = None, db_model: Optional[Path] = None,
+                    overwrite: bool = False) -> Path:
+    """Extract global descriptors of `names` and write the top-k db images of each query."""
+    require_hloc("retrieval")
+    from hloc import pairs_from_retrieval
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        logger.info(f"Reusing retrieval pairs {output}.")
+        return output
+    conf = resolve_feature_conf(retrieval)
+    check_global_model(conf)
+    extract(conf, image_dir, global_path, names, as_half=False, overwrite=overwrite)
+    kw = {"db_model": Path(db_model)} if db_model is not None else {"db_list": list(db_names or [])}
+    pairs_from_retrieval.main(Path(global_path), output, num_matched, query_list=list(query_names), **kw)
+    return output

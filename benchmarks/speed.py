@@ -1,0 +1,257 @@
+"""Extraction speed and peak memory per conf and image size, against OpenCV SIFT, in one run.
+
+    python -m benchmarks.speed --conf rootsift,surf --sizes 640,1024,1600 --devices cpu,cuda \
+        --output speed.json [--image PHOTO] [--iters 10] [--threads 4]
+
+For every (conf, device, size) a fresh child process loads the model, resizes the image so its
+long side is `size` (the conf's own resize_max is ignored), runs --warmup untimed and --iters
+timed forward passes (torch.no_grad, CUDA synchronised) and reports images/s, ms/image, the
+number of keypoints, the process's peak RSS and its increase over the RSS before the first
+forward (CPU), and the peak CUDA memory allocated (torch.cuda.max_memory_allocated). OpenCV SIFT
+(cv2.SIFT_create, CPU, same image, same thread count) is measured in the same run and each row
+gets its speed ratio to SIFT at the same size. CUDA rows are skipped when CUDA is absent.
+Writes speed.json and speed.md.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .common import BenchmarkError, logger, resolve_feature_conf, run_cli, shared_data_dir, split_names, write_json
+
+SIFT = "opencv-sift"
+
+
+def default_image() -> Path:
+    data = shared_data_dir()
+    if data is not None:
+        p = data / "strecha" / "fountain-P11" / "images" / "0000.jpg"  # 3072×2048: no up-sampling
+        if p.exists():
+            return p
+    try:
+        from training.datasets.dev_images import heldout_images
+
+        imgs = heldout_images()
+        if imgs:
+            return imgs[0]
+    except ImportError:
+        pass
+    raise BenchmarkError("No default image found; pass --image PATH.")
+
+
+def _rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _load_image(path: str, size: int, grayscale: bool) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(path, (cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        raise BenchmarkError(f"Cannot read {path}.")
+    h, w = img.shape[:2]
+    s = size / max(h, w)
+    img = cv2.resize(img, (int(round(w * s)), int(round(h * s))),
+                     interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    if not grayscale:
+        img = img[:, :, ::-1]
+    return np.ascontiguousarray(img)
+
+
+def _build_model(conf: dict):
+    name = conf["model"]["name"]
+    if name.startswith("hf_"):
+        from hndesc_features.extractors import load_model
+
+        return load_model(conf["model"])
+    try:
+        from hloc import extractors
+        from hloc.utils.base_model import dynamic_load
+    except ImportError as e:
+        raise BenchmarkError(f"Conf model '{name}' is an hloc extractor and hloc cannot be imported ({e}).") from None
+    return dynamic_load(extractors, name)(conf["model"])
+
+
+def measure(job: dict) -> dict:
+    """Runs in a fresh child process: one (conf, device, size) measurement."""
+    import cv2
+    import torch
+
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+        cv2.setNumThreads(job["threads"])
+    out = {k: job[k] for k in ("conf", "device", "size")}
+    iters, warmup = job["iters"], job["warmup"]
+    if job["conf"] == SIFT:
+        img = _load_image(job["image"], job["size"], True)
+        sift = cv2.SIFT_create(nfeatures=job["sift_nfeatures"])
+        base = _rss_mib()
+        for _ in range(warmup):
+            sift.detectAndCompute(img, None)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            kps, _ = sift.detectAndCompute(img, None)
+        dt = time.perf_counter() - t0
+        out.update(num_keypoints=len(kps), image_size=[img.shape[1], img.shape[0]])
+    else:
+        conf = job["conf_dict"]
+        gray = bool(conf.get("preprocessing", {}).get("grayscale", False))
+        img = _load_image(job["image"], job["size"], gray)
+        x = torch.from_numpy(img.astype(np.float32) / 255.0)
+        x = x[None, None] if gray else x.permute(2, 0, 1)[None]
+        device = torch.device(job["device"])
+        model = _build_model(conf).eval().to(device)
+        x = x.to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        base = _rss_mib()
+        with torch.no_grad():
+            for _ in range(warmup):
+                pred = model({"image": x})
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                pred = model({"image": x})
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+        kp = pred.get("keypoints")
+        out.update(num_keypoints=int(kp[0].shape[0]) if kp is not None else None,
+                   image_size=[img.shape[1], img.shape[0]])
+        if device.type == "cuda":
+            out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+            out["gpu"] = torch.cuda.get_device_name(device)
+    peak = _peak_rss_mib()
+    out.update(images_per_s=iters / dt, ms_per_image=1000.0 * dt / iters, peak_rss_mib=peak,
+               peak_extra_rss_mib=max(0.0, peak - base), threads=torch.get_num_threads())
+    return out
+
+
+def _run_job(job: dict) -> dict:
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
+        try:
+            return ex.submit(measure, job).result()
+        except BenchmarkError:
+            raise
+        except Exception as e:
+            return {**{k: job[k] for k in ("conf", "device", "size")}, "error": f"{type(e).__name__}: {e}"}
+
+
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import cv2
+
+        info["opencv"] = cv2.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def run(confs: list[str], sizes: list[int], devices: list[str], image: Path, iters: int = 5, warmup: int = 1,
+        threads: Optional[int] = None, sift_nfeatures: int = 4096) -> dict:
+    import torch
+
+    if "cuda" in devices and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: CUDA measurements skipped.")
+        devices = [d for d in devices if d != "cuda"]
+    conf_dicts = {c: resolve_feature_conf(c) for c in confs}
+    jobs = []
+    for size in sizes:
+        jobs.append({"conf": SIFT, "device": "cpu", "size": size})
+        for c in confs:
+            for d in devices:
+                jobs.append({"conf": c, "device": d, "size": size, "conf_dict": conf_dicts[c]})
+    rows = []
+    for j in jobs:
+        j.update(image=str(image), iters=iters, warmup=warmup, threads=threads, sift_nfeatures=sift_nfeatures)
+        logger.info(f"speed: {j['conf']} on {j['device']} at {j['size']} px")
+        rows.append(_run_job(j))
+    sift = {r["size"]: r.get("images_per_s") for r in rows if r["conf"] == SIFT}
+    for r in rows:
+        if r.get("images_per_s") and sift.get(r["size"]):
+            r["speed_vs_sift"] = r["images_per_s"] / sift[r["size"]]
+    return {"machine": machine_info(), "image": str(image), "iters": iters, "warmup": warmup, "threads": threads,
+            "results": rows}
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"# Extraction speed ({m['cpu']}, {m['cpu_count']} cores" + (f", {m.get('gpu')}" if m.get("gpu") else "")
+             + f"; torch {m['torch']}, {res['threads'] or 'default'} threads, {res['iters']} iterations)", "",
+             "| conf | device | size | images/s | ms/image | ×SIFT | #kp | peak RSS (MiB) | +RSS (MiB) | peak CUDA (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["results"]:
+        if "error" in r:
+            lines.append(f"| {r['conf']} | {r['device']} | {r['size']} | error: {r['error']} |||||||")
+            continue
+        cuda = f"{r['peak_cuda_mib']:.0f}" if "peak_cuda_mib" in r else "–"
+        lines.append(f"| {r['conf']} | {r['device']} | {r['size']} | {r['images_per_s']:.2f} | {r['ms_per_image']:.1f} | "
+                     f"{r.get('speed_vs_sift', float('nan')):.2f} | {r['num_keypoints']} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['peak_extra_rss_mib']:.0f} | {cuda} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--conf", required=True, help="feature conf(s), comma-separated")
+    parser.add_argument("--sizes", default="640,1024,1600", help="long sides in px")
+    parser.add_argument("--devices", default="cpu,cuda")
+    parser.add_argument("--image", type=Path, help="photo to resize (default: a 3072 px Strecha image)")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch/OpenCV threads (default: library defaults)")
+    parser.add_argument("--sift_nfeatures", type=int, default=4096)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    image = args.image or default_image()
+    if not image.exists():
+        raise BenchmarkError(f"{image} does not exist.")
+    res = run(split_names(args.conf), [int(s) for s in split_names(args.sizes)], split_names(args.devices), image,
+              args.iters, args.warmup, args.threads, args.sift_nfeatures)
+    write_json(args.output, res)
+    md = markdown(res)
+    args.output.with_suffix(".md").write_text(md)
+    print(md)
+    return res
+
+
+if __name__ == "__main__":
+    run_cli(main)
