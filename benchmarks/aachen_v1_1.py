@@ -18,15 +18,14 @@ Dataset layout: images_upright/{db,query}/ (or images/images_upright/), 3D-model
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from .common import (BenchmarkError, extract, logger, match, read_pairs, require_hloc, resolve_feature_conf,
-                     resolve_matcher_conf, run_cli, slug, write_json)
+from .common import (BenchmarkError, extract, logger, match, read_pairs, require_hloc, run_cli, runner_main,
+                     runner_parser, slug, write_json)
 from .loc_utils import AACHEN_THRESHOLDS, localize_sfm, localized_names, read_poses, recalls, triangulate
-from .retrieval import check_global_model, retrieval_pairs
+from .retrieval import prepare_run, runner_retrieval_pairs
 
 BASE_URL = "https://data.ciirc.cvut.cz/public/projects/2020VisualLocalization/Aachen-Day-Night/"
 MANUAL = (f"Get the dataset from https://www.visuallocalization.net/datasets/: `wget -r -np -nH -R "
@@ -84,14 +83,7 @@ def run(args) -> dict:
     import pycolmap
     from hloc import pairs_from_covisibility
 
-    lay = find_layout(args.dataset)
-    if not args.pairs:  # fail now, not after hours of extraction, if retrieval cannot run
-        check_global_model(resolve_feature_conf(args.retrieval))
-    conf = resolve_feature_conf(args.conf)
-    mconf = resolve_matcher_conf(args.matcher)
-    out = Path(args.outputs)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f"{slug(args.conf)}_{slug(args.matcher)}"
+    lay, conf, mconf, out, tag = prepare_run(args, find_layout)
 
     sift = pycolmap.Reconstruction(str(lay["sift"]))
     db_names = sorted(img.name for img in sift.images.values())
@@ -120,11 +112,8 @@ def run(args) -> dict:
             logger.warning(f"--pairs has queries that are not in the query lists, e.g. {unknown}.")
         ret_tag = loc_pairs.stem
     else:
-        loc_pairs = out / f"pairs-query-{slug(args.retrieval)}{args.num_loc}.txt"
-        retrieval_pairs(args.retrieval, lay["images"], db_names + q_names,
-                        out / f"global-feats-{slug(args.retrieval)}.h5", loc_pairs, args.num_loc,
-                        q_names, db_model=reference, overwrite=args.overwrite)
-        ret_tag = f"{slug(args.retrieval)}{args.num_loc}"
+        loc_pairs, ret_tag = runner_retrieval_pairs(args, out, lay["images"], db_names + q_names, q_names,
+                                                    db_model=reference)
     loc_matches = match(mconf, loc_pairs, features, out / f"matches-{tag}_{Path(loc_pairs).stem}.h5")
     results = out / f"Aachen-v1.1_hloc_{tag}_{ret_tag}.txt"
     localize_sfm(reference, Path(args.dataset) / "queries" / "*_time_queries_with_intrinsics.txt",
@@ -166,28 +155,12 @@ def evaluate_local(results: Path, gt_file: Path, queries: dict, ok) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--dataset", type=Path, default=Path("datasets/aachen_v1.1"))
-    parser.add_argument("--outputs", type=Path, default=Path("outputs/aachen_v1.1"))
-    parser.add_argument("--conf", help="feature conf (ours or hloc's)")
-    parser.add_argument("--matcher", default="NN-mutual")
-    parser.add_argument("--retrieval", default="netvlad", help="global conf (hloc's netvlad by default)")
-    parser.add_argument("--pairs", type=Path, help="query→db pairs; skips retrieval (offline)")
+    parser = runner_parser(__doc__, "aachen_v1.1", "query→db pairs; skips retrieval (offline)",
+                           retrieval_help="global conf (hloc's netvlad by default)")
     parser.add_argument("--num_covis", type=int, default=20)
     parser.add_argument("--num_loc", type=int, default=50)
     parser.add_argument("--covisibility_clustering", action="store_true")
-    parser.add_argument("--as_half", action="store_true", help="store features in float16 (as hloc)")
-    parser.add_argument("--gt", type=Path, help="GT poses (results format) for a local evaluation")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--download", type=Path, metavar="DIR", help="fetch + unpack the dataset and exit")
-    args = parser.parse_args(argv)
-    if args.download:
-        return download(args.download)
-    if not args.conf:
-        parser.error("--conf is required")
-    return run(args)
+    return runner_main(parser, argv, run, download, gt=True, as_half_help="store features in float16 (as hloc)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ hloc's through `hloc.extract_features.main`; both write the same hloc .h5 layout
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib
 import json
@@ -47,6 +48,43 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv=None) -> Non
     except KeyboardInterrupt:
         print("interrupted (rerun the same command to resume)", file=sys.stderr)
         sys.exit(130)
+
+
+# ----------------------------------------------------------------------------------------------
+# command lines of the dataset runners (Aachen v1.1, InLoc, Tokyo 24/7)
+def runner_parser(doc: str, name: str, pairs_help: str, retrieval_help: Optional[str] = None,
+                  output_help: Optional[str] = None) -> argparse.ArgumentParser:
+    """Parser with the first arguments of a runner; `doc` is its module docstring (first paragraph:
+    description, the rest: epilog), `name` its folder under datasets/ and outputs/; output_help
+    adds --output (a results JSON)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=doc.split("\n\n", 1)[1])
+    parser.add_argument("--dataset", type=Path, default=Path(f"datasets/{name}"))
+    parser.add_argument("--outputs", type=Path, default=Path(f"outputs/{name}"))
+    if output_help is not None:
+        parser.add_argument("--output", type=Path, help=output_help)
+    parser.add_argument("--conf", help="feature conf (ours or hloc's)")
+    parser.add_argument("--matcher", default="NN-mutual")
+    parser.add_argument("--retrieval", default="netvlad", help=retrieval_help)
+    parser.add_argument("--pairs", type=Path, help=pairs_help)
+    return parser
+
+
+def runner_main(parser: argparse.ArgumentParser, argv, run: Callable, download: Callable,
+                gt: bool = False, as_half_help: Optional[str] = None):
+    """Add a runner's last arguments, parse argv, then `download(DIR)` (--download) or `run(args)`."""
+    parser.add_argument("--as_half", action="store_true", help=as_half_help)
+    if gt:
+        parser.add_argument("--gt", type=Path, help="GT poses (results format) for a local evaluation")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--download", type=Path, metavar="DIR", help="fetch + unpack the dataset and exit")
+    args = parser.parse_args(argv)
+    if args.download:
+        return download(args.download)
+    if not args.conf:
+        parser.error("--conf is required")
+    return run(args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,13 +287,10 @@ def match(conf: dict, pairs: Path, features: Path, matches: Path, features_ref: 
 # ----------------------------------------------------------------------------------------------
 # files
 def h5_names(path: Path) -> list[str]:
-    names = set()
-    with h5py.File(str(path), "r", libver="latest") as fd:
-        def visit(_, obj):
-            if isinstance(obj, h5py.Dataset):
-                names.add(obj.parent.name.strip("/"))
-        fd.visititems(visit)
-    return sorted(names)
+    """Names of the image groups of an hloc feature file (hndesc_features.io.list_h5_names)."""
+    from hndesc_features.io import list_h5_names
+
+    return list_h5_names(path)
 
 
 def read_features(path: Path, name: str, fd: Optional[h5py.File] = None) -> dict:

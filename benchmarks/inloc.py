@@ -17,15 +17,14 @@ database/alignments/<floor>/transformations/<bld>_trans_<scan>.txt, query/iphone
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from .common import (BenchmarkError, extract, logger, match, read_pairs, require_hloc, resolve_feature_conf,
-                     resolve_matcher_conf, run_cli, slug, write_json)
+from .common import (BenchmarkError, extract, logger, match, read_pairs, require_hloc, run_cli, runner_main,
+                     runner_parser, slug, write_json)
 from .loc_utils import GTCamera, pose_error, read_poses, recalls
-from .retrieval import check_global_model, retrieval_pairs
+from .retrieval import prepare_run, runner_retrieval_pairs
 
 INLOC_THRESHOLDS = ((0.25, 10.0), (0.5, 10.0), (1.0, 10.0))
 QUERY_URL = "http://www.ok.sc.e.titech.ac.jp/INLOC/materials/iphone7.tar.gz"
@@ -91,14 +90,7 @@ def run(args) -> dict:
     from hloc import localize_inloc
 
     dataset = Path(args.dataset)
-    lay = find_layout(dataset)
-    if not args.pairs:  # fail now, not after hours of extraction, if retrieval cannot run
-        check_global_model(resolve_feature_conf(args.retrieval))
-    conf = resolve_feature_conf(args.conf)
-    mconf = resolve_matcher_conf(args.matcher)
-    out = Path(args.outputs)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f"{slug(args.conf)}_{slug(args.matcher)}"
+    lay, conf, mconf, out, tag = prepare_run(args, find_layout)
     if args.pairs:
         loc_pairs = Path(args.pairs)
         pairs = read_pairs(loc_pairs)
@@ -110,10 +102,7 @@ def run(args) -> dict:
         ret_tag = loc_pairs.stem
     else:
         names = lay["db"] + lay["queries"]
-        loc_pairs = out / f"pairs-query-{slug(args.retrieval)}{args.num_loc}.txt"
-        retrieval_pairs(args.retrieval, dataset, names, out / f"global-feats-{slug(args.retrieval)}.h5",
-                        loc_pairs, args.num_loc, lay["queries"], db_names=lay["db"], overwrite=args.overwrite)
-        ret_tag = f"{slug(args.retrieval)}{args.num_loc}"
+        loc_pairs, ret_tag = runner_retrieval_pairs(args, out, dataset, names, lay["queries"], db_names=lay["db"])
     features = extract(conf, dataset, out / f"feats-{slug(args.conf)}.h5", names, as_half=args.as_half,
                        overwrite=args.overwrite)
     matches = match(mconf, loc_pairs, features, out / f"matches-{tag}_{loc_pairs.stem}.h5")
@@ -145,27 +134,10 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--dataset", type=Path, default=Path("datasets/inloc"))
-    parser.add_argument("--outputs", type=Path, default=Path("outputs/inloc"))
-    parser.add_argument("--conf", help="feature conf (ours or hloc's)")
-    parser.add_argument("--matcher", default="NN-mutual")
-    parser.add_argument("--retrieval", default="netvlad")
-    parser.add_argument("--pairs", type=Path, help="query→cutout pairs; skips retrieval (offline)")
+    parser = runner_parser(__doc__, "inloc", "query→cutout pairs; skips retrieval (offline)")
     parser.add_argument("--num_loc", type=int, default=40)
     parser.add_argument("--skip_matches", type=int, default=20)
-    parser.add_argument("--as_half", action="store_true")
-    parser.add_argument("--gt", type=Path, help="GT poses (results format) for a local evaluation")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--download", type=Path, metavar="DIR", help="fetch + unpack the dataset and exit")
-    args = parser.parse_args(argv)
-    if args.download:
-        return download(args.download)
-    if not args.conf:
-        parser.error("--conf is required")
-    return run(args)
+    return runner_main(parser, argv, run, download, gt=True)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 import urllib.error
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from .common import BenchmarkError, extract, logger, require_hloc, resolve_feature_conf
+from .common import (BenchmarkError, extract, logger, require_hloc, resolve_feature_conf, resolve_matcher_conf,
+                     slug)
 
 PAIRS_HINT = ("or pass --pairs FILE with precomputed retrieval pairs (one `query db` pair per line; "
               "hloc ships NetVLAD pairs for Aachen v1.1 and InLoc in its pairs/ folder)")
@@ -92,3 +93,27 @@ def retrieval_pairs(retrieval: str, image_dir: Path, names: Sequence[str], globa
     kw = {"db_model": Path(db_model)} if db_model is not None else {"db_list": list(db_names or [])}
     pairs_from_retrieval.main(Path(global_path), output, num_matched, query_list=list(query_names), **kw)
     return output
+
+
+def prepare_run(args, find_layout: Callable[[Path], dict]) -> tuple[dict, dict, dict, Path, str]:
+    """A runner's first steps (after its hloc imports): check the dataset layout and, unless --pairs
+    skips retrieval, the global model (fail now, not after hours of extraction), resolve the feature
+    and matcher confs, create --outputs. Returns (layout, conf, matcher conf, outputs, tag)."""
+    lay = find_layout(Path(args.dataset))
+    if not args.pairs:  # fail now, not after hours of extraction, if retrieval cannot run
+        check_global_model(resolve_feature_conf(args.retrieval))
+    conf = resolve_feature_conf(args.conf)
+    mconf = resolve_matcher_conf(args.matcher)
+    out = Path(args.outputs)
+    out.mkdir(parents=True, exist_ok=True)
+    return lay, conf, mconf, out, f"{slug(args.conf)}_{slug(args.matcher)}"
+
+
+def runner_retrieval_pairs(args, out: Path, image_dir: Path, names: Sequence[str], query_names: Sequence[str],
+                           **kw) -> tuple[Path, str]:
+    """retrieval_pairs with a runner's --retrieval/--num_loc/--overwrite into `out`; returns the pairs
+    file and the retrieval tag of the results file name (`<retrieval><num_loc>`)."""
+    loc_pairs = out / f"pairs-query-{slug(args.retrieval)}{args.num_loc}.txt"
+    retrieval_pairs(args.retrieval, image_dir, names, out / f"global-feats-{slug(args.retrieval)}.h5",
+                    loc_pairs, args.num_loc, query_names, overwrite=args.overwrite, **kw)
+    return loc_pairs, f"{slug(args.retrieval)}{args.num_loc}"

@@ -74,6 +74,17 @@ def _write_results_format(path: Path, poses: dict) -> None:
     Path(path).write_text("".join(lines))
 
 
+def _write_db_images(scene: dict, db: Sequence[str], images: Path, max_size: int) -> dict:
+    """Downscaled scene images written as images/db/<name> (JPEG 95); `db/<name>` → GTCamera."""
+    cams = {}
+    for n in db:
+        img, cam = _downscale(scene[n][0], scene[n][1], max_size)
+        (images / "db").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(images / "db" / n), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cams[f"db/{n}"] = cam
+    return cams
+
+
 def make_tiny_aachen(dest: Path, scene_dir: Path, day: Sequence[str] = ("0003.jpg", "0007.jpg"),
                      night: Sequence[str] = ("0005.jpg",), max_size: int = 640, seed: int = 0,
                      map_conf: Optional[str] = None) -> dict:
@@ -82,12 +93,7 @@ def make_tiny_aachen(dest: Path, scene_dir: Path, day: Sequence[str] = ("0003.jp
     qset = set(day) | set(night)
     db = [n for n in sorted(scene) if n not in qset]
     images = dest / "images_upright"
-    cams = {}
-    for n in db:
-        img, cam = _downscale(scene[n][0], scene[n][1], max_size)
-        (images / "db").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(images / "db" / n), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        cams[f"db/{n}"] = cam
+    cams = _write_db_images(scene, db, images, max_size)
     queries = {"day": {}, "night": {}}
     for cond, names in (("day", day), ("night", night)):
         for n in names:
@@ -150,12 +156,7 @@ def make_tiny_inloc(dest: Path, scene_dir: Path, queries: Sequence[str] = ("0003
     db = [n for n in sorted(scene) if n not in set(queries)]
     work = dest / "_build"
     build_dir = work / "images"
-    cams = {}
-    for n in db:
-        img, cam = _downscale(scene[n][0], scene[n][1], max_size)
-        (build_dir / "db").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(build_dir / "db" / n), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        cams[f"db/{n}"] = cam
+    cams = _write_db_images(scene, db, build_dir, max_size)
     rec = triangulated_from_gt(build_dir, cams, work, map_conf)
     by_name = {img.name: img for img in rec.images.values()}
     xyz = {pid: p.xyz for pid, p in rec.points3D.items()}

@@ -17,7 +17,6 @@ R.json: {"recall": [r@1, r@5, r@10] (re-ranked, %), "recall_shortlist": [...], .
 """
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,9 +25,9 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .common import (BenchmarkError, extract, logger, match, read_pairs, require_hloc, resolve_feature_conf,
-                     resolve_matcher_conf, run_cli, slug, write_json, write_pairs)
-from .retrieval import check_global_model, retrieval_pairs
+from .common import (BenchmarkError, extract, logger, match, read_pairs, require_hloc, run_cli, runner_main,
+                     runner_parser, slug, write_json, write_pairs)
+from .retrieval import prepare_run, runner_retrieval_pairs
 
 DB_TILES = [f"038{i:02d}" for i in range(14, 30)]
 BASE = "https://data.ciirc.cvut.cz/public/projects/2015netVLAD"
@@ -176,14 +175,7 @@ def recall_at(ranked: dict[str, list[str]], positives: dict[str, set[str]], ns=R
 def run(args) -> dict:
     require_hloc("the Tokyo 24/7 runner")
     dataset = Path(args.dataset)
-    lay = find_layout(dataset)
-    if not args.pairs:  # fail now, not after hours of extraction, if retrieval cannot run
-        check_global_model(resolve_feature_conf(args.retrieval))
-    conf = resolve_feature_conf(args.conf)
-    mconf = resolve_matcher_conf(args.matcher)
-    out = Path(args.outputs)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f"{slug(args.conf)}_{slug(args.matcher)}"
+    lay, conf, mconf, out, tag = prepare_run(args, find_layout)
     db_utm = dict(zip(lay["db_names"], lay["utm_db"]))
     q_utm = dict(zip(lay["q_names"], lay["utm_q"]))
     thr = args.pos_dist or lay["pos_dist_thr"]
@@ -197,10 +189,8 @@ def run(args) -> dict:
                                  f"e.g. {unknown[0]}.")
         shortlist_file = Path(args.pairs)
     else:
-        shortlist_file = out / f"pairs-query-{slug(args.retrieval)}{args.num_loc}.txt"
-        retrieval_pairs(args.retrieval, dataset, lay["db_names"] + lay["q_names"],
-                        out / f"global-feats-{slug(args.retrieval)}.h5", shortlist_file, args.num_loc,
-                        lay["q_names"], db_names=lay["db_names"], overwrite=args.overwrite)
+        shortlist_file, _ = runner_retrieval_pairs(args, out, dataset, lay["db_names"] + lay["q_names"],
+                                                   lay["q_names"], db_names=lay["db_names"])
         pairs = read_pairs(shortlist_file)
     pairs = [(q, d) for q, d in pairs if q in q_utm]
     shortlist = defaultdict(list)
@@ -231,27 +221,16 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--dataset", type=Path, default=Path("datasets/tokyo247"))
-    parser.add_argument("--outputs", type=Path, default=Path("outputs/tokyo247"))
-    parser.add_argument("--output", type=Path, help="results JSON (default: <outputs>/results_<conf>.json)")
-    parser.add_argument("--conf", help="feature conf (ours or hloc's)")
-    parser.add_argument("--matcher", default="NN-mutual")
-    parser.add_argument("--retrieval", default="netvlad")
-    parser.add_argument("--pairs", type=Path, help="shortlist pairs in rank order; skips retrieval")
+    parser = runner_parser(__doc__, "tokyo247", "shortlist pairs in rank order; skips retrieval",
+                           output_help="results JSON (default: <outputs>/results_<conf>.json)")
     parser.add_argument("--num_loc", type=int, default=100, help="shortlist length")
     parser.add_argument("--pos_dist", type=float, help="positive radius in m (default: dbStruct's, 25)")
     parser.add_argument("--ransac_thresh", type=float, default=3.0)
-    parser.add_argument("--as_half", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--download", type=Path, metavar="DIR", help="fetch + unpack the dataset and exit")
-    args = parser.parse_args(argv)
-    if args.download:
-        return download(args.download)
-    if not args.conf:
-        parser.error("--conf is required")
+    return runner_main(parser, argv, run_and_save, download)
+
+
+def run_and_save(args) -> dict:
+    """run, then write its results to --output (default: <outputs>/results_<conf>_<matcher>.json)."""
     res = run(args)
     write_json(args.output or Path(args.outputs) / f"results_{slug(args.conf)}_{slug(args.matcher)}.json", res)
     return res

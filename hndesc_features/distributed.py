@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence
 import h5py
 
 from . import logger
+from .io import list_h5_names
 
 SHARD_RE = re.compile(r"\.shard(\d+)-of-(\d+)\.h5$")
 
@@ -54,14 +55,6 @@ def find_shards(feature_path: Path) -> list[Path]:
     return sorted(out, key=lambda p: tuple(int(v) for v in SHARD_RE.search(p.name).groups())[::-1])
 
 
-def _h5_names(path: Path) -> list[str]:
-    names = set()
-    with h5py.File(str(path), "r", libver="latest") as fd:
-        def visit(_, obj):
-            if isinstance(obj, h5py.Dataset):
-                names.add(obj.parent.name.strip("/"))
-        fd.visititems(visit)
-    return sorted(names)
 
 
 def _remove_shard(p: Path) -> None:
@@ -88,7 +81,7 @@ def merge_shards(feature_path: Path, shards: Optional[Sequence[Path]] = None, re
             with h5py.File(str(tmp), "a", libver="latest") as dst:
                 for s in shards:
                     with h5py.File(str(s), "r", libver="latest") as src:
-                        for name in _h5_names(s):
+                        for name in list_h5_names(s):
                             if name in dst:
                                 del dst[name]
                             parent, _, base = name.rpartition("/")
@@ -148,9 +141,9 @@ def sharded_main(conf: dict, image_dir: Path, export_dir: Optional[Path] = None,
     done = set()
     if not overwrite:
         if feature_path.exists():
-            done |= set(_h5_names(feature_path))
+            done |= set(list_h5_names(feature_path))
         for p in stale:
-            done |= set(_h5_names(p))
+            done |= set(list_h5_names(p))
     todo = [n for n in names if n not in done]
     mine = todo[rank::world]
     shard = own[rank]

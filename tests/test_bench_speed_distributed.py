@@ -7,15 +7,14 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 from benchmarks.common import available_confs, shared_data_dir
+from conftest import ROOT, read_h5
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = shared_data_dir()
 
 
@@ -55,16 +54,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _groups(path: Path) -> dict:
-    out = {}
-    with h5py.File(path, "r") as fd:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = (obj[()], dict(obj.attrs))
-        fd.visititems(visit)
-    return out
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     if DATA is None or not (DATA / "sacre_coeur" / "mapping").is_dir():
@@ -100,7 +89,7 @@ def test_sharded_extraction_equals_single_process(images, tmp_path):
     a = list((tmp_path / "sharded").glob("*.h5"))
     b = list((tmp_path / "single").glob("*.h5"))
     assert len(a) == 1 and len(b) == 1 and a[0].name == b[0].name  # shards merged and removed
-    ga, gb = _groups(a[0]), _groups(b[0])
+    ga, gb = read_h5(a[0]), read_h5(b[0])
     assert sorted(ga) == sorted(gb) and any(k.startswith("nested/deeper/") for k in ga)
     for k in ga:
         assert ga[k][0].dtype == gb[k][0].dtype and np.array_equal(ga[k][0], gb[k][0]), k
