@@ -1,0 +1,162 @@
+"""The trainer: exact resume, checkpoint errors, export, config overrides, DDP with 2 processes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hndesc_features.models.checkpoints import CheckpointError, load_weights
+from training.config import ConfigError, apply_overrides, load_config
+from training.export import export_run
+from training.train import main as train_main
+from training.trainer import CKPT_NAME, load_checkpoint, run
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(1)
+try:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+except ImportError:
+    pass
+
+
+def tiny_conf(**train) -> dict:
+    photos = sorted((DATA / "photos").glob("*.jpg"))[:3] if (DATA / "photos").is_dir() else []
+    if not photos:
+        skimage = pytest.importorskip("skimage.data", reason="no real photos (../shared/data, scikit-image)")
+        d = Path(skimage.__file__).parent
+        photos = [d / "astronaut.png", d / "chelsea.png", d / "rocket.jpg"]
+    return {
+        "name": "tiny_residual",
+        "data": {"name": "homographies", "source": {"name": "list", "paths": [str(p) for p in photos]},
+                 "resize": [300, 400], "homography": {"size": 96}, "photometric": {"enable": False}},
+        "model": {"name": "residual", "descriptor": "sift", "channels": [4, 8, 8, 16], "cnn_dim": 16,
+                  "mlp": [32, 32, 16], "skip": False},
+        "loss": {"name": "residual", "train_keypoints": 48},
+        "train": {"seed": 3, "steps": 6, "batch_size": 2, "num_workers": 0, "threads": 1, "log_every": 1,
+                  "val_every": 0, "checkpoint_every": 100, "plot": False, "lr": 3e-3, **train},
+    }
+
+
+def losses(run_dir) -> list[tuple[int, float]]:
+    recs = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in recs if r["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    summary = run(tiny_conf(), out)
+    assert summary["finished"]
+    return out
+
+
+def test_resume_reproduces_uninterrupted_run(uninterrupted, tmp_path):
+    out = tmp_path / "interrupted"
+    s = run(tiny_conf(stop_after=3), out)
+    assert not s["finished"] and s["step"] == 3
+    assert load_checkpoint(out / CKPT_NAME)["step"] == 3
+    # resume with 1 data worker: samples are pure functions of their keys, so nothing changes
+    s = run(tiny_conf(num_workers=1), out, resume=True)
+    assert s["finished"] and s["step"] == 6
+    ref = losses(uninterrupted)
+    assert [st for st, _ in ref] == [1, 2, 3, 4, 5, 6]
+    assert losses(out) == ref  # loss for loss, bit for bit
+    a = torch.load(uninterrupted / "tiny_residual.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "tiny_residual.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a different seed gives different losses (the comparison above is not vacuous)
+    other = run(tiny_conf(seed=4, steps=2), tmp_path / "seed4")
+    assert losses(tmp_path / "seed4")[0][1] != ref[0][1] and other["finished"]
+
+
+def test_export_loads_with_weights_only(uninterrupted, tmp_path):
+    path = export_run(uninterrupted, to=tmp_path / "w.pt")
+    obj = torch.load(path, weights_only=True)
+    assert obj["arch"] == "residual" and obj["conf"]["channels"] == [4, 8, 8, 16]
+    assert path.stat().st_size < 1_000_000
+    model, _ = load_weights(path, "residual", {"max_keypoints": 100})
+    assert model.conf["max_keypoints"] == 100
+    img = torch.rand(1, 3, 120, 160)
+    out = model.extract(img)
+    assert out["descriptors"].shape[1] == 32
+    torch.testing.assert_close(out["descriptors"].norm(dim=1), torch.ones(len(out["descriptors"])))
+
+
+def test_bad_checkpoints_give_clear_errors(uninterrupted, tmp_path):
+    ck = uninterrupted / CKPT_NAME
+    data = ck.read_bytes()
+    # truncated checkpoint
+    run_dir = tmp_path / "trunc"
+    run_dir.mkdir()
+    (run_dir / CKPT_NAME).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        run(tiny_conf(), run_dir, resume=True)
+    (run_dir / CKPT_NAME).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        run(tiny_conf(), run_dir, resume=True)
+    # a checkpoint of another architecture
+    conf = tiny_conf()
+    conf["model"] = {"name": "wlrn"}
+    with pytest.raises(CheckpointError, match="architecture 'residual'.*'wlrn'"):
+        run(conf, uninterrupted, resume=True)
+    # same architecture, other model conf
+    conf = tiny_conf()
+    conf["model"]["channels"] = [8, 8, 16, 16]
+    with pytest.raises(CheckpointError, match="model conf"):
+        run(conf, uninterrupted, resume=True)
+    # resume without checkpoint / new run over an existing one
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        run(tiny_conf(), tmp_path / "empty", resume=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(tiny_conf(), uninterrupted)
+    # exported weights: wrong arch, truncated, or a training checkpoint instead
+    w = export_run(uninterrupted, to=tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match="architecture 'residual'.*'hndesc_caps' was requested"):
+        load_weights(w, "hndesc_caps")
+    (tmp_path / "w_trunc.pt").write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_weights(tmp_path / "w_trunc.pt", "residual")
+    with pytest.raises(CheckpointError, match="training checkpoint"):
+        load_weights(ck, "residual")
+
+
+def test_cli_reports_errors_without_traceback(uninterrupted, tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_conf()))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / CKPT_NAME).write_bytes(b"PK\x03\x04garbage")
+    assert train_main([str(cfg), "--output", str(bad), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+    assert train_main([str(tmp_path / "missing.yaml"), "--output", str(bad)]) == 2
+
+
+def test_config_overrides_and_base(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(tiny_conf()))
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: base.yaml\nname: child\nmodel: {use_handcrafted: false, cnn_dim: 32}\n")
+    conf = load_config(child, ["train.lr=1e-4", "model.channels=[2,4,4,8]", "data.homography.mode=full"])
+    assert conf["name"] == "child" and conf["train"]["lr"] == 1e-4
+    assert conf["model"] == {"name": "residual", "descriptor": "sift", "channels": [2, 4, 4, 8], "cnn_dim": 32,
+                             "mlp": [32, 32, 16], "skip": False, "use_handcrafted": False}
+    assert conf["data"]["homography"] == {"size": 96, "mode": "full"}
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides(conf, ["train.lr"])
+    (tmp_path / "nomodel.yaml").write_text("data: {name: homographies}\nloss: {name: residual}\n")
+    with pytest.raises(ConfigError, match="'model'"):
+        load_config(tmp_path / "nomodel.yaml")
+
+
+def test_shipped_train_configs_parse():
+    for cfg in sorted((REPO / "confs" / "train").glob("residual*.yaml")):
+        conf = load_config(cfg)
+        assert conf["model"]["name"] == "residual" and conf["loss"]["name"] == "residual"

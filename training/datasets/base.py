@@ -1,0 +1,109 @@
+"""Shared pieces of the training datasets: image reading, per-sample seeding, the base class.
+
+Every dataset is indexed by ``(index, seed)`` pairs (a plain int ``i`` means ``(i, i)``): the
+trainer's sampler decides the data order and gives each sample its own seed, so a sample is a
+pure function of its key. That is what makes ``--resume`` exact and DDP ranks independent of
+worker scheduling.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+import torch
+
+logger = logging.getLogger("hndesc_features.training")
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class CorruptImageWarning(UserWarning):
+    """An image file could not be decoded and was skipped."""
+
+
+def merge(default: dict, conf: Optional[dict]) -> dict:
+    out = copy.deepcopy(default)
+    for k, v in (conf or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_image(path, grayscale: bool = False, warn: bool = True) -> Optional[np.ndarray]:
+    """H×W×3 RGB (or H×W gray) uint8, hloc's reading (EXIF orientation ignored); None if unreadable."""
+    path = Path(path)
+    flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
+    img = None
+    try:
+        img = cv2.imread(str(path), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        img = None
+    if img is None or img.size == 0:
+        if warn:
+            reason = "missing" if not path.exists() else "cannot be decoded"
+            warnings.warn(f"Skipping image {path}: file {reason}", CorruptImageWarning, stacklevel=2)
+        return None
+    if not grayscale:
+        img = img[:, :, ::-1]
+    return np.ascontiguousarray(img)
+
+
+def resize_long_side(img: np.ndarray, long_side: float, min_side: int = 0) -> np.ndarray:
+    """Resize so that max(H, W) == long_side (and min(H, W) >= min_side), cv2 area/linear."""
+    h, w = img.shape[:2]
+    s = long_side / max(h, w)
+    if min_side:
+        s = max(s, min_side / min(h, w))
+    if abs(s - 1) < 1e-6:
+        return img
+    size = (max(1, int(round(w * s))), max(1, int(round(h * s))))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """H×W(×C) uint8 → C×H×W float32 in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(img))
+    t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+    return t.float() / 255.0
+
+
+def split_key(key) -> tuple[int, int]:
+    if isinstance(key, (tuple, list)):
+        return int(key[0]), int(key[1])
+    return int(key), int(key)
+
+
+def sample_rng(seed: int, *extra: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *[int(e) & 0xFFFFFFFF for e in extra]])
+
+
+class BaseDataset(torch.utils.data.Dataset):
+    """Datasets of the trainer: ``default_conf`` merged with the config's ``data`` section.
+
+    Subclasses implement ``_init(conf)``, ``__len__`` and ``get(index, rng, seed) -> dict``.
+    A class-level ``collate`` (staticmethod) may replace torch's default collation.
+    """
+
+    default_conf: dict[str, Any] = {}
+
+    def __init__(self, conf: Optional[dict] = None, split: str = "train"):
+        self.conf = merge(self.default_conf, conf)
+        self.split = split
+        self._init(self.conf)
+
+    def _init(self, conf: dict) -> None:  # pragma: no cover - interface
+        pass
+
+    def get(self, index: int, rng: np.random.Generator, seed: int) -> dict:  # pragma: no cover
+        raise NotImplementedError
+
+    def __getitem__(self, key) -> dict:
+        index, seed = split_key(key)
+        return self.get(index, sample_rng(seed, index), seed)

@@ -1,0 +1,58 @@
+"""Self-supervised homography pairs from an image source (the default training data).
+
+Each sample: one image of the source, rescaled so that its long side is uniform in
+``resize`` (and at least what the sampler needs), two views from the homography sampler
+(``geometry.homography``), then independent photometric augmentation of each view.
+
+Sample keys: ``view0``, ``view1`` (C×h×w float in [0, 1]), ``H_0to1`` (3×3 float32),
+``valid0``, ``valid1`` (h×w bool), ``name``, ``seed``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..augment import PhotometricAugmentation
+from ..geometry.homography import DEFAULT_CONF as H_DEFAULT
+from ..geometry.homography import merge_conf, min_image_side, sample_pair
+from .base import BaseDataset, resize_long_side, to_tensor
+from .image_folder import ImageLoader, source_paths
+
+
+class HomographyPairs(BaseDataset):
+    default_conf = {
+        "source": {"name": "dev_images", "split": "train"},
+        "resize": [640, 1024],  # long side of the source image, uniform in this range
+        "load_max_side": 1600,  # images are downscaled to this once at load (and cached)
+        "cache": True,
+        "grayscale": False,
+        "homography": H_DEFAULT,
+        "photometric": {"enable": True},
+        "epoch_repeats": 1,  # samples per image per epoch
+    }
+
+    def _init(self, conf):
+        self.paths = source_paths(conf["source"])
+        self.loader = ImageLoader(self.paths, conf["grayscale"], conf["load_max_side"], conf["cache"])
+        self.hconf = merge_conf(H_DEFAULT, conf["homography"])
+        self.min_side = min_image_side(self.hconf)
+        self.photo = PhotometricAugmentation(conf["photometric"])
+
+    def __len__(self):
+        return len(self.paths) * int(self.conf["epoch_repeats"])
+
+    def get(self, index, rng, seed):
+        i, img = self.loader.load(index % len(self.paths))
+        lo, hi = self.conf["resize"]
+        img = resize_long_side(img, rng.uniform(lo, hi), min_side=self.min_side)
+        pair = sample_pair(to_tensor(img), self.hconf, rng)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**31)))
+            v0 = self.photo(pair["view0"])
+            v1 = self.photo(pair["view1"])
+        return {
+            "view0": v0.contiguous(), "view1": v1.contiguous(),
+            "H_0to1": torch.from_numpy(pair["H_0to1"].astype(np.float32)),
+            "valid0": torch.from_numpy(pair["valid0"]), "valid1": torch.from_numpy(pair["valid1"]),
+            "name": str(self.paths[i]), "seed": int(seed),
+        }

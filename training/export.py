@@ -1,0 +1,54 @@
+"""Export a run's last checkpoint as a small shipped weights file.
+
+    python -m training.export runs/residual_sift            # → hndesc_features/weights/<name>.pt
+    python -m training.export runs/residual_sift --to my.pt
+
+The file holds {format, arch, conf, state_dict, meta} and loads with torch.load(weights_only=True)
+(see hndesc_features/models/checkpoints.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hndesc_features.models.checkpoints import (
+    WEIGHTS_DIR, CheckpointError, build_model, check_state_dict, export_weights,
+)
+
+from .trainer import CKPT_NAME, _strip, load_checkpoint
+
+
+def export_run(run_dir, to=None, name=None) -> Path:
+    run_dir = Path(run_dir)
+    path = run_dir / CKPT_NAME if run_dir.is_dir() else run_dir
+    ck = load_checkpoint(path)
+    conf = ck["config"]
+    model = build_model(ck["arch"], _strip(conf["model"]))
+    check_state_dict(model, ck["model"], f"checkpoint '{path}'")
+    name = name or conf.get("name") or run_dir.name
+    to = Path(to) if to else WEIGHTS_DIR / f"{name}.pt"
+    meta = {"name": name, "step": int(ck["step"]), "train_seconds": round(float(ck.get("elapsed", 0)), 1),
+            "config": json.dumps(conf, sort_keys=True)}
+    return export_weights(to, ck["arch"], getattr(model, "conf", _strip(conf["model"])), ck["model"], meta)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder (or a checkpoint file)")
+    p.add_argument("--to", help="output .pt (default: hndesc_features/weights/<config name>.pt)")
+    p.add_argument("--name", help="weights name (default: the config's name)")
+    a = p.parse_args(argv)
+    try:
+        out = export_run(a.run, a.to, a.name)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,464 @@
+"""The training loop shared by every method (see training/README.md for the method contract).
+
+Step-based: sample ``k`` of the run (global over steps and ranks) is item ``perm_e[k mod N]`` of
+epoch ``e = k // N`` (``perm_e`` seeded by (seed, e)) with its own seed; so the data of a step
+depends only on the step, and ``--resume`` reproduces an uninterrupted run exactly (model,
+optimizer, scheduler and RNG states come from the checkpoint).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hndesc_features.models.checkpoints import (
+    CheckpointError, atomic_save, build_model, check_state_dict, export_weights, safe_load,
+)
+
+from . import distributed as D
+from .datasets import build_dataset
+from .datasets.base import merge
+
+logger = logging.getLogger("hndesc_features.training")
+
+CKPT_FORMAT = "hndesc_features.train_checkpoint/1"
+CKPT_NAME = "checkpoint_last.pt"
+
+DEFAULT_TRAIN = {
+    "seed": 0,
+    "steps": 1000,
+    "batch_size": 8,  # global (split over DDP ranks)
+    "num_workers": 0,
+    "threads": None,  # torch.set_num_threads per process (None: leave torch's default)
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "lr_schedule": {"type": "constant", "warmup": 0, "start": 0.5, "final": 0.1, "step_size": 1000,
+                    "gamma": 0.5},
+    "grad_clip": None,
+    "log_every": 10,
+    "val_every": 200,
+    "checkpoint_every": 100,
+    "stop_after": None,  # stop this process after this global step (a resumable interruption)
+    "val_at_start": False,  # also validate the initial model (step 0)
+    "plot": True,
+}
+
+
+# ----------------------------------------------------------------------------- method plumbing
+def load_method(name: str):
+    """The loss module training.losses.<name> (Loss class + optional prepare/collate/extract)."""
+    try:
+        module = importlib.import_module(f"{__package__}.losses.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"{__package__}.losses.{name}":
+            raise ValueError(f"Unknown loss/method '{name}': no training/losses/{name}.py") from None
+        raise
+    if not hasattr(module, "Loss"):
+        raise ValueError(f"training/losses/{name}.py must define a `Loss` class (see training/README.md)")
+    return module
+
+
+class PreparedDataset(torch.utils.data.Dataset):
+    """Dataset item → method's `prepare(sample, conf)` (runs in the data workers)."""
+
+    def __init__(self, dataset, prepare=None, conf=None):
+        self.dataset, self.prepare, self.conf = dataset, prepare, conf
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        sample = self.dataset[key]
+        return self.prepare(sample, self.conf) if self.prepare is not None else sample
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Infinite batches of (index, seed) keys for this rank, starting at `start_step`."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 start_step: int = 0):
+        if batch_size % world:
+            raise ValueError(f"train.batch_size={batch_size} is not divisible by the {world} processes")
+        self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.start_step = start_step
+        self._perm_epoch, self._perm = None, None
+
+    def key(self, k: int) -> tuple[int, int]:
+        epoch, pos = divmod(k, self.n)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, 7]).permutation(self.n)
+            self._perm_epoch = epoch
+        sample_seed = int(np.random.default_rng([self.seed, k, 11]).integers(2**31))
+        return int(self._perm[pos]), sample_seed
+
+    def batch(self, step: int) -> list:
+        local = self.bs // self.world
+        k0 = step * self.bs + self.rank * local
+        return [self.key(k) for k in range(k0, k0 + local)]
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+def default_collate(samples: list[dict]) -> dict:
+    from .datasets.megadepth import collate_pairs
+
+    return collate_pairs(samples)
+
+
+def to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list):
+        return [to_device(v, device) for v in batch]
+    return batch
+
+
+def lr_lambda(conf: dict, total: int):
+    s = conf["lr_schedule"]
+    kind, warmup = s.get("type", "constant"), int(s.get("warmup", 0) or 0)
+
+    def f(step: int) -> float:
+        w = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        if kind == "constant":
+            return w
+        if kind == "step":
+            return w * s.get("gamma", 0.5) ** (step // max(1, int(s.get("step_size", 1000))))
+        start = int(float(s.get("start", 0.5)) * total)  # decay starts at this fraction of training
+        if step < start:
+            return w
+        t = (step - start) / max(1, total - start)
+        final = float(s.get("final", 0.1))
+        if kind == "exp":
+            return w * final ** t
+        if kind == "cosine":
+            return w * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t)))
+        if kind == "linear":
+            return w * (1 - (1 - final) * t)
+        raise ValueError(f"Unknown lr_schedule.type '{kind}' (constant, step, exp, cosine, linear)")
+
+    return f
+
+
+# ----------------------------------------------------------------------------- RNG state
+def get_rng_state() -> dict:
+    py = random.getstate()
+    npst = np.random.get_state()
+    return {
+        "python_version": int(py[0]), "python_state": torch.tensor(py[1], dtype=torch.int64),
+        "python_gauss": float(py[2]) if py[2] is not None else None,
+        "numpy_state": torch.from_numpy(npst[1].astype(np.int64)), "numpy_pos": int(npst[2]),
+        "numpy_has_gauss": int(npst[3]), "numpy_gauss": float(npst[4]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate((s["python_version"], tuple(int(x) for x in s["python_state"].tolist()),
+                     s["python_gauss"]))
+    np.random.set_state(("MT19937", s["numpy_state"].numpy().astype(np.uint32), s["numpy_pos"],
+                         s["numpy_has_gauss"], s["numpy_gauss"]))
+    torch.set_rng_state(s["torch"])
+    if torch.cuda.is_available() and s.get("cuda"):
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def load_checkpoint(path, arch: Optional[str] = None) -> dict:
+    ck = safe_load(path, "checkpoint")
+    if ck.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"'{path}' is not a training checkpoint of this trainer "
+                              f"(format {ck.get('format')!r}, expected {CKPT_FORMAT!r})")
+    for k in ("model", "optimizer", "step", "config", "arch"):
+        if k not in ck:
+            raise CheckpointError(f"checkpoint '{path}' lacks '{k}': incomplete file")
+    if arch is not None and ck["arch"] != arch:
+        raise CheckpointError(f"checkpoint '{path}' was written for architecture '{ck['arch']}', "
+                              f"but this config trains '{arch}'")
+    return ck
+
+
+def _strip(conf: dict) -> dict:
+    return {k: v for k, v in conf.items() if k != "name"}
+
+
+# ----------------------------------------------------------------------------- the trainer
+class Trainer:
+    def __init__(self, conf: dict, output, resume: bool = False, overwrite: bool = False):
+        self.conf = conf = dict(conf)
+        conf["train"] = merge(DEFAULT_TRAIN, conf.get("train"))
+        self.tc = conf["train"]
+        self.output = Path(output)
+        self.rank, self.world, self.device = D.setup()
+        self.main = self.rank == 0
+        if self.tc["threads"]:
+            limit_threads(int(self.tc["threads"]))
+        self.arch = conf["model"]["name"]
+        self.method = load_method(conf["loss"]["name"])
+        ckpt_path = self.output / CKPT_NAME
+        ck = None
+        if resume:
+            if not ckpt_path.exists():
+                raise CheckpointError(f"--resume: no checkpoint at '{ckpt_path}'")
+            ck = load_checkpoint(ckpt_path, self.arch)
+            old_model = _strip(ck["config"].get("model", {}))
+            if old_model != _strip(conf["model"]):
+                raise CheckpointError(f"--resume: the checkpoint's model conf {old_model} differs from "
+                                      f"the config's {_strip(conf['model'])}")
+        elif ckpt_path.exists() and not overwrite:
+            raise FileExistsError(f"'{self.output}' already holds a run: pass --resume to continue it "
+                                  f"or choose another --output")
+        seed_everything(int(self.tc["seed"]) + self.rank)
+
+        self.model = build_model(self.arch, _strip(conf["model"])).to(self.device)
+        self.loss_fn = self.method.Loss(conf["loss"]).to(self.device)
+        params = [p for p in list(self.model.parameters()) + list(self.loss_fn.parameters()) if p.requires_grad]
+        if self.tc["optimizer"].lower() == "adam":
+            self.opt = torch.optim.Adam(params, lr=float(self.tc["lr"]), weight_decay=float(self.tc["weight_decay"]))
+        elif self.tc["optimizer"].lower() == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=float(self.tc["lr"]), weight_decay=float(self.tc["weight_decay"]))
+        elif self.tc["optimizer"].lower() == "rmsprop":  # Markuš et al. (wlrn) train with RMSprop
+            self.opt = torch.optim.RMSprop(params, lr=float(self.tc["lr"]), weight_decay=float(self.tc["weight_decay"]))
+        else:
+            raise ValueError(f"Unknown optimizer '{self.tc['optimizer']}' (adam, adamw, rmsprop)")
+        self.total = int(self.tc["steps"])
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.tc, self.total))
+        self.step = 0
+        self.elapsed = 0.0
+        self.best = None
+        if ck is not None:
+            check_state_dict(self.model, ck["model"], f"checkpoint '{ckpt_path}'")
+            self.model.load_state_dict(ck["model"])
+            if "loss" in ck and ck["loss"]:
+                self.loss_fn.load_state_dict(ck["loss"])
+            self.opt.load_state_dict(ck["optimizer"])
+            self.sched.load_state_dict(ck["scheduler"])
+            self.step = int(ck["step"])
+            self.elapsed = float(ck.get("elapsed", 0.0))
+            self.best = ck.get("best")
+            rngs = ck.get("rng") or []
+            if len(rngs) == self.world:
+                set_rng_state(rngs[self.rank])
+            elif rngs:
+                logger.warning("checkpoint has RNG states of %d processes, this run has %d: reseeding",
+                               len(rngs), self.world)
+        self.ddp_model = self.model
+        if self.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(self.tc.get("find_unused_parameters", False)))
+
+        self.dataset = build_dataset(conf["data"], "train")
+        prepared = PreparedDataset(self.dataset, getattr(self.method, "prepare", None), conf)
+        collate = getattr(self.method, "collate", None) or getattr(self.dataset, "collate", None) \
+            or default_collate
+        self.sampler = StepBatchSampler(len(self.dataset), int(self.tc["batch_size"]), int(self.tc["seed"]),
+                                        self.rank, self.world, self.step)
+        nw = int(self.tc["num_workers"])
+        self.loader = torch.utils.data.DataLoader(
+            prepared, batch_sampler=self.sampler, num_workers=nw, collate_fn=collate,
+            worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(int(self.tc["seed"])),
+            persistent_workers=False, prefetch_factor=2 if nw > 0 else None)
+
+        self.val_conf = conf.get("val", {}) or {}
+        self.val_pairs = None
+        self.writer = None
+        if self.main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            with open(self.output / "config.yaml", "w") as f:
+                import yaml
+
+                yaml.safe_dump(conf, f, sort_keys=False)
+
+    # ---------------------------------------------------------------- logging
+    def _tb(self):
+        if self.writer is None and self.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.output / "tb"), purge_step=self.step + 1)
+            except Exception as e:  # noqa: BLE001 - tensorboard is optional
+                logger.warning("TensorBoard disabled: %s", e)
+                self.writer = False
+        return self.writer or None
+
+    def log(self, split: str, step: int, values: dict) -> None:
+        if not self.main:
+            return
+        rec = {"step": step, "split": split, **{k: float(v) for k, v in values.items()}}
+        with open(self.output / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        w = self._tb()
+        if w is not None:
+            for k, v in values.items():
+                w.add_scalar(f"{split}/{k}", float(v), step)
+
+    def _truncate_metrics(self) -> None:
+        """On resume, drop records logged after the checkpoint's step (they will be redone)."""
+        p = self.output / "metrics.jsonl"
+        if not self.main or not p.exists():
+            return
+        keep = [ln for ln in p.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+        p.write_text("".join(ln + "\n" for ln in keep))
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> Optional[dict]:
+        from .validation import DEFAULT_CONF as VAL_DEFAULT
+        from .validation import evaluate_pairs, make_pairs
+
+        vc = merge(VAL_DEFAULT, self.val_conf)
+        extract = getattr(self.method, "extract", None)
+        if not vc["enable"] or extract is None:
+            return None
+        if self.val_pairs is None:
+            self.val_pairs = make_pairs(vc)
+        self.model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            res = evaluate_pairs(lambda im: extract(self.model, im.to(self.device), self.conf, vc["max_keypoints"]),
+                                 self.val_pairs, vc["thresholds"])
+        self.model.train()
+        return res
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        rngs = D.gather_objects(get_rng_state())
+        if self.main:
+            atomic_save({
+                "format": CKPT_FORMAT, "arch": self.arch, "config": self.conf, "step": self.step,
+                "model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng": rngs, "elapsed": self.elapsed, "best": self.best, "world_size": self.world,
+            }, self.output / CKPT_NAME)
+        D.barrier()
+
+    def export(self, path=None) -> Path:
+        path = Path(path) if path else self.output / f"{self.conf['name']}.pt"
+        meta = {"name": self.conf["name"], "step": self.step, "train_seconds": round(self.elapsed, 1),
+                "config": json.dumps(self.conf, sort_keys=True)}
+        return export_weights(path, self.arch, getattr(self.model, "conf", _strip(self.conf["model"])),
+                              self.model.state_dict(), meta)
+
+    # ---------------------------------------------------------------- loop
+    def train(self) -> dict:
+        tc = self.tc
+        stop_after = tc["stop_after"]
+        if self.step > 0:
+            self._truncate_metrics()
+        it = iter(self.loader)
+        t_start = time.time() - self.elapsed
+        pbar = tqdm(total=self.total, initial=self.step, disable=not self.main, desc=self.conf["name"],
+                    dynamic_ncols=True)
+        self.model.train()
+        last_logs = {}
+        if tc["val_at_start"] and self.step == 0 and int(tc["val_every"]) > 0:
+            res = self.validate() if self.main else None
+            if res is not None:
+                self.log("val", 0, res)
+                tqdm.write("[val step 0] " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
+            D.barrier()
+        while self.step < self.total:
+            batch = to_device(next(it), self.device)
+            loss, logs = self.loss_fn(self.ddp_model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {self.step}: {loss.item()}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(tc["grad_clip"]))
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            self.elapsed = time.time() - t_start
+            if self.step % int(tc["log_every"]) == 0 or self.step == self.total:
+                vals = {"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
+                vals = D.mean_across(vals)
+                vals["lr"] = self.opt.param_groups[0]["lr"]
+                vals["time"] = self.elapsed
+                self.log("train", self.step, vals)
+                last_logs = vals
+                pbar.set_postfix(loss=f"{vals['loss']:.4f}")
+            if int(tc["val_every"]) > 0 and (self.step % int(tc["val_every"]) == 0 or self.step == self.total):
+                res = self.validate() if self.main else None
+                if res is not None:
+                    self.log("val", self.step, res)
+                    key = "mma@3" if "mma@3" in res else sorted(res)[0]
+                    if self.best is None or res[key] > self.best["value"]:
+                        self.best = {"step": self.step, "metric": key, "value": res[key]}
+                    tqdm.write(f"[val step {self.step}] " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
+                D.barrier()
+            pbar.update(1)
+            stopping = stop_after is not None and self.step >= int(stop_after) and self.step < self.total
+            if self.step % int(tc["checkpoint_every"]) == 0 or self.step == self.total or stopping:
+                self.save_checkpoint()
+            if stopping:
+                break
+        pbar.close()
+        summary = {"step": self.step, "finished": self.step >= self.total, "world_size": self.world,
+                   "train_seconds": round(self.elapsed, 1), "best": self.best, "last": last_logs}
+        sums = D.gather_objects(float(sum(p.detach().double().sum() for p in self.model.parameters())))
+        summary["param_checksums"] = sums
+        if self.main:
+            if summary["finished"]:
+                summary["export"] = str(self.export())
+            (self.output / "summary.json").write_text(json.dumps(summary, indent=1))
+            if tc["plot"]:
+                try:
+                    from .plot import plot_run
+
+                    plot_run(self.output)
+                except Exception as e:  # noqa: BLE001 - plots are a convenience
+                    logger.warning("could not plot curves: %s", e)
+            if self.writer:
+                self.writer.close()
+        D.barrier()
+        return summary
+
+
+def limit_threads(n: int) -> None:
+    """torch, OpenCV and the BLAS of numpy to n threads (oversubscribed BLAS threads spin)."""
+    torch.set_num_threads(n)
+    try:
+        import cv2
+
+        cv2.setNumThreads(n)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except Exception:  # noqa: BLE001 - optional
+        pass
+
+
+def _worker_init(worker_id: int) -> None:
+    limit_threads(1)
+
+
+def run(conf: dict, output, resume: bool = False, overwrite: bool = False) -> dict:
+    trainer = Trainer(conf, output, resume=resume, overwrite=overwrite)
+    return trainer.train()

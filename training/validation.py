@@ -1,0 +1,108 @@
+"""Validation on held-out real photos with fixed synthetic homographies: MMA of mutual-NN matches.
+
+The pairs are a pure function of the validation conf (seeded), built from
+``dev_images.heldout_images()`` (never trained on): view 0 is the photo resized so that its
+long side is ``resize``, view 1 is view 0 warped by a homography from the shared sampler.
+MMA@t = share of mutual nearest-neighbour matches whose reprojection error (|H x0 - x1|) < t px,
+averaged over pairs; ``homography@t`` = share of pairs whose RANSAC homography moves the view
+corners by < t px on average.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+import torch
+
+from .datasets.base import merge, read_image, resize_long_side, to_tensor
+from .datasets.image_folder import source_paths
+from .geometry.homography import sample_homography, warp_image, warp_points
+
+DEFAULT_CONF = {
+    "enable": True,
+    "source": {"name": "dev_images", "split": "heldout"},
+    "n_pairs": 12,  # cycles over the images with a new homography each time
+    "resize": 640,
+    "seed": 0,
+    "homography": {"scale": [0.7, 1.4], "rotation": 30.0, "translation": 0.05, "perspective": 0.1},
+    "max_keypoints": 1024,
+    "thresholds": [1, 2, 3, 5],
+    "grayscale": False,
+}
+
+
+def make_pairs(conf: Optional[dict] = None) -> list[dict]:
+    conf = merge(DEFAULT_CONF, conf)
+    paths = source_paths(conf["source"])
+    pairs = []
+    hc = conf["homography"]
+    images = {}
+    for k in range(int(conf["n_pairs"])):
+        path = paths[k % len(paths)]
+        if path not in images:
+            img = read_image(path, conf["grayscale"])
+            images[path] = None if img is None else resize_long_side(img, conf["resize"])
+        img = images[path]
+        if img is None:
+            continue
+        rng = np.random.default_rng([int(conf["seed"]), k])
+        hw = img.shape[:2]
+        H = sample_homography(hw, rng, hc["scale"], hc["rotation"], hc["translation"], hc["perspective"])
+        v0 = to_tensor(img)
+        v1 = warp_image(v0, H, hw)
+        pairs.append({"view0": v0, "view1": v1, "H_0to1": H, "name": str(path)})
+    return pairs
+
+
+def mutual_nn(d0: torch.Tensor, d1: torch.Tensor) -> np.ndarray:
+    """Mutual nearest neighbours of L2-normalised N×D and M×D descriptors → K×2 indices."""
+    if len(d0) == 0 or len(d1) == 0:
+        return np.zeros((0, 2), np.int64)
+    sim = d0 @ d1.t()
+    nn01 = sim.argmax(1)
+    nn10 = sim.argmax(0)
+    i = torch.arange(len(d0))
+    ok = nn10[nn01] == i
+    return torch.stack([i[ok], nn01[ok]], -1).numpy()
+
+
+def homography_error(kp0, kp1, H_gt, hw, ransac_px: float = 3.0) -> float:
+    if len(kp0) < 4:
+        return float("inf")
+    H, _ = cv2.findHomography(kp0.astype(np.float64), kp1.astype(np.float64), cv2.RANSAC, ransac_px,
+                              maxIters=2000, confidence=0.999)
+    if H is None:
+        return float("inf")
+    h, w = hw
+    c = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)
+    return float(np.linalg.norm(warp_points(c, H) - warp_points(c, H_gt), axis=-1).mean())
+
+
+def evaluate_pairs(extract: Callable[[torch.Tensor], dict], pairs: list[dict],
+                   thresholds=(1, 2, 3, 5)) -> dict:
+    """extract(1×C×H×W image) → {"keypoints": N×2, "descriptors": N×D (L2-normalised)}."""
+    mma = {t: [] for t in thresholds}
+    hacc = {t: [] for t in thresholds}
+    n_matches, n_kpts = [], []
+    for p in pairs:
+        f0 = extract(p["view0"][None])
+        f1 = extract(p["view1"][None])
+        kp0 = f0["keypoints"].detach().cpu().double().numpy().reshape(-1, 2)
+        kp1 = f1["keypoints"].detach().cpu().double().numpy().reshape(-1, 2)
+        m = mutual_nn(f0["descriptors"].detach().cpu().float(), f1["descriptors"].detach().cpu().float())
+        n_kpts.append(0.5 * (len(kp0) + len(kp1)))
+        n_matches.append(len(m))
+        if len(m):
+            err = np.linalg.norm(warp_points(kp0[m[:, 0]], p["H_0to1"]) - kp1[m[:, 1]], axis=-1)
+        else:
+            err = np.zeros(0)
+        herr = homography_error(kp0[m[:, 0]], kp1[m[:, 1]], p["H_0to1"], p["view1"].shape[-2:])
+        for t in thresholds:
+            mma[t].append(float((err < t).mean()) if len(err) else 0.0)
+            hacc[t].append(float(herr < t))
+    out = {f"mma@{t}": float(np.mean(v)) for t, v in mma.items()}
+    out.update({f"homography@{t}": float(np.mean(v)) for t, v in hacc.items()})
+    out["matches"] = float(np.mean(n_matches))
+    out["keypoints"] = float(np.mean(n_kpts))
+    return out
