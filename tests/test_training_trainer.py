@@ -37,7 +37,7 @@ def tiny_conf(**train) -> dict:
         "data": {"name": "homographies", "source": {"name": "list", "paths": [str(p) for p in photos]},
                  "resize": [300, 400], "homography": {"size": 96}, "photometric": {"enable": False}},
         "model": {"name": "residual", "descriptor": "sift", "channels": [4, 8, 8, 16], "cnn_dim": 16,
-                  "mlp": [32, 32, 16], "skip": False},
+                  "mlp": [32, 32, 16], "skip": False, "context_scale": 0},
         "loss": {"name": "residual", "train_keypoints": 48},
         "train": {"seed": 3, "steps": 6, "batch_size": 2, "num_workers": 0, "threads": 1, "log_every": 1,
                   "val_every": 0, "checkpoint_every": 100, "plot": False, "lr": 3e-3, **train},
@@ -147,7 +147,8 @@ def test_config_overrides_and_base(tmp_path):
     conf = load_config(child, ["train.lr=1e-4", "model.channels=[2,4,4,8]", "data.homography.mode=full"])
     assert conf["name"] == "child" and conf["train"]["lr"] == 1e-4
     assert conf["model"] == {"name": "residual", "descriptor": "sift", "channels": [2, 4, 4, 8], "cnn_dim": 32,
-                             "mlp": [32, 32, 16], "skip": False, "use_handcrafted": False}
+                             "mlp": [32, 32, 16], "skip": False, "context_scale": 0,
+                             "use_handcrafted": False}
     assert conf["data"]["homography"] == {"size": 96, "mode": "full"}
     with pytest.raises(ConfigError, match="key.sub=value"):
         apply_overrides(conf, ["train.lr"])

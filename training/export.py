@@ -14,14 +14,26 @@ import sys
 from pathlib import Path
 
 from hndesc_features.models.checkpoints import (
-    WEIGHTS_DIR, CheckpointError, build_model, check_state_dict, export_weights,
+    WEIGHTS_DIR, CheckpointError, build_model, check_state_dict, export_weights, load_weights,
 )
 
 from .trainer import CKPT_NAME, _strip, load_checkpoint
 
 
-def export_run(run_dir, to=None, name=None) -> Path:
+def export_run(run_dir, to=None, name=None, best: bool = False) -> Path:
     run_dir = Path(run_dir)
+    if best:  # the weights of the best validation step, kept by the trainer as <name>_best.pt
+        import shutil
+
+        cands = sorted(run_dir.glob("*_best.pt"))
+        if not cands:
+            raise CheckpointError(f"no *_best.pt in '{run_dir}' (validation never ran?)")
+        load_weights(cands[0])  # checks the file
+        name = name or cands[0].stem[: -len("_best")]
+        to = Path(to) if to else WEIGHTS_DIR / f"{name}.pt"
+        to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cands[0], to)
+        return to
     path = run_dir / CKPT_NAME if run_dir.is_dir() else run_dir
     ck = load_checkpoint(path)
     conf = ck["config"]
@@ -40,9 +52,10 @@ def main(argv=None) -> int:
     p.add_argument("run", help="run folder (or a checkpoint file)")
     p.add_argument("--to", help="output .pt (default: hndesc_features/weights/<config name>.pt)")
     p.add_argument("--name", help="weights name (default: the config's name)")
+    p.add_argument("--best", action="store_true", help="the best validation step's weights (<name>_best.pt)")
     a = p.parse_args(argv)
     try:
-        out = export_run(a.run, a.to, a.name)
+        out = export_run(a.run, a.to, a.name, a.best)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -49,7 +49,7 @@ def plot_run(run_dir, output=None, title=None) -> Path:
     m = read_metrics(run_dir)
     train = m.get("train", {})
     val = m.get("val", {})
-    train_keys = [k for k in train if k not in ("time", "lr")]
+    train_keys = [k for k in train if k not in ("time", "lr") and not k.startswith("n_")]  # counts apart
     val_keys = [k for k in val if k.startswith("mma@") or k.startswith("homography@")]
     n = 1 + bool(val_keys) + ("lr" in train)
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6))
@@ -70,7 +70,7 @@ def plot_run(run_dir, output=None, title=None) -> Path:
             ax.plot(s, v, marker="o", ms=3, label=k)
         ax.set_ylim(0, 1)
         ax.set_xlabel("step")
-        ax.set_title("validation (held-out photos)")
+        ax.set_title("validation")
         ax.legend(fontsize=7)
     if "lr" in train:
         ax = axes[i]

@@ -43,6 +43,7 @@ DEFAULT_TRAIN = {
     "threads": None,  # torch.set_num_threads per process (None: leave torch's default)
     "optimizer": "adam",
     "lr": 1e-3,
+    "lr_groups": {},  # {parameter-name prefix: lr}, e.g. {mlp: 1.0e-4}; the other parameters use lr
     "weight_decay": 0.0,
     "lr_schedule": {"type": "constant", "warmup": 0, "start": 0.5, "final": 0.1, "step_size": 1000,
                     "gamma": 0.5},
@@ -53,6 +54,7 @@ DEFAULT_TRAIN = {
     "stop_after": None,  # stop this process after this global step (a resumable interruption)
     "val_at_start": False,  # also validate the initial model (step 0)
     "plot": True,
+    "export": "last",  # "last" | "best": the exported weights are the last step's or the best validation's
 }
 
 
@@ -157,6 +159,24 @@ def lr_lambda(conf: dict, total: int):
     return f
 
 
+def param_groups(model, loss_fn, lr: float, lr_groups: dict) -> list[dict]:
+    """Adam parameter groups: one per `lr_groups` prefix (in order), the rest at `lr`."""
+    groups = {prefix: [] for prefix in lr_groups}
+    rest = []
+    named = list(model.named_parameters()) + [(f"loss.{n}", p) for n, p in loss_fn.named_parameters()]
+    for n, p in named:
+        if not p.requires_grad:
+            continue
+        prefix = next((q for q in lr_groups if n.startswith(q)), None)
+        (groups[prefix] if prefix is not None else rest).append(p)
+    out = [{"params": rest, "lr": lr}] if rest else []
+    for prefix, ps in groups.items():
+        if not ps:
+            raise ValueError(f"train.lr_groups: no parameter name starts with '{prefix}'")
+        out.append({"params": ps, "lr": float(lr_groups[prefix])})
+    return out
+
+
 # ----------------------------------------------------------------------------- RNG state
 def get_rng_state() -> dict:
     py = random.getstate()
@@ -236,7 +256,7 @@ class Trainer:
 
         self.model = build_model(self.arch, _strip(conf["model"])).to(self.device)
         self.loss_fn = self.method.Loss(conf["loss"]).to(self.device)
-        params = [p for p in list(self.model.parameters()) + list(self.loss_fn.parameters()) if p.requires_grad]
+        params = param_groups(self.model, self.loss_fn, float(self.tc["lr"]), self.tc.get("lr_groups") or {})
         if self.tc["optimizer"].lower() == "adam":
             self.opt = torch.optim.Adam(params, lr=float(self.tc["lr"]), weight_decay=float(self.tc["weight_decay"]))
         elif self.tc["optimizer"].lower() == "adamw":
@@ -343,6 +363,13 @@ class Trainer:
         self.model.train()
         return res
 
+    def _track_best(self, res: dict) -> None:
+        """Remember the best validation (MMA@3) and keep its weights as <name>_best.pt."""
+        key = "mma@3" if "mma@3" in res else sorted(res)[0]
+        if self.best is None or res[key] > self.best["value"]:
+            self.best = {"step": self.step, "metric": key, "value": res[key]}
+            self.export(self.output / f"{self.conf['name']}_best.pt")
+
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
         rngs = D.gather_objects(get_rng_state())
@@ -378,6 +405,7 @@ class Trainer:
             res = self.validate() if self.main else None
             if res is not None:
                 self.log("val", 0, res)
+                self._track_best(res)
                 tqdm.write("[val step 0] " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
             D.barrier()
         while self.step < self.total:
@@ -405,9 +433,7 @@ class Trainer:
                 res = self.validate() if self.main else None
                 if res is not None:
                     self.log("val", self.step, res)
-                    key = "mma@3" if "mma@3" in res else sorted(res)[0]
-                    if self.best is None or res[key] > self.best["value"]:
-                        self.best = {"step": self.step, "metric": key, "value": res[key]}
+                    self._track_best(res)
                     tqdm.write(f"[val step {self.step}] " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
                 D.barrier()
             pbar.update(1)
@@ -423,7 +449,14 @@ class Trainer:
         summary["param_checksums"] = sums
         if self.main:
             if summary["finished"]:
-                summary["export"] = str(self.export())
+                best = self.output / f"{self.conf['name']}_best.pt"
+                if tc["export"] == "best" and best.exists():
+                    import shutil
+
+                    shutil.copyfile(best, self.output / f"{self.conf['name']}.pt")
+                    summary["export"] = f"{self.output / (self.conf['name'] + '.pt')} (best: {self.best})"
+                else:
+                    summary["export"] = str(self.export())
             (self.output / "summary.json").write_text(json.dumps(summary, indent=1))
             if tc["plot"]:
                 try:

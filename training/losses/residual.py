@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hndesc_features.models.residual import DESCRIPTORS, ResidualDescriptor, detect_handcrafted, to_gray_u8
+from hndesc_features.models.residual import (
+    DESCRIPTORS, ResidualDescriptor, context_descriptors, detect_handcrafted, to_gray_u8,
+)
 
 from ..geometry.homography import warp_points
 
@@ -30,6 +32,7 @@ DEFAULT_CONF = {
     "margin": 1.0,
     "temperature": 0.05,  # infonce
     "aux_h_weight": 0.0,  # the same loss on the CNN part h alone (deep supervision of the CNN)
+    "gor_weight": 0.0,  # global orthogonal regularisation (spread-out descriptors, Zhang et al. 2017)
     "train_keypoints": 512,  # per view (top by detector score)
     "pos_threshold": 3.0,  # px
     "neg_radius": 8.0,  # px: keypoints this close to the true location are never negatives
@@ -99,12 +102,16 @@ def prepare(sample: dict, conf: dict) -> dict:
     n = int(lc["train_keypoints"])
     dim, _, upright, _, sign = DESCRIPTORS[mc["descriptor"]]
     H = sample["H_0to1"].double().numpy()
+    use_ctx = bool(mc["context_scale"]) and mc["use_handcrafted"]
     feats = []
     for v in ("0", "1"):
-        f = detect_handcrafted(to_gray_u8(sample["view" + v]), mc["descriptor"], -1,
-                               mc["contrast_threshold"], mc["hessian_threshold"])
+        gray = to_gray_u8(sample["view" + v])
+        f = detect_handcrafted(gray, mc["descriptor"], -1, mc["contrast_threshold"], mc["hessian_threshold"])
         keep = np.nonzero(_valid_at(sample["valid" + v].numpy(), f["keypoints"], int(lc["border"])))[0][:n]
-        feats.append({k: f[k][keep] for k in ("keypoints", "scales", "oris", "descriptors")})
+        f = {k: f[k][keep] for k in ("keypoints", "scales", "oris", "descriptors")}
+        f["context"] = (context_descriptors(gray, f, mc["descriptor"], float(mc["context_scale"]), mc["contrast_threshold"])
+                        if use_ctx else np.zeros((len(keep), dim), np.float32))
+        feats.append(f)
     m = gt_matches(feats[0], feats[1], H, lc, upright, sign)
     out = {"image0": sample["view0"], "image1": sample["view1"], "H_0to1": sample["H_0to1"]}
     for v, f in zip("01", feats):
@@ -114,6 +121,7 @@ def prepare(sample: dict, conf: dict) -> dict:
         out["scales" + v] = torch.from_numpy(np.pad(f["scales"], (0, pad), constant_values=1).astype(np.float32))
         out["oris" + v] = torch.from_numpy(np.pad(f["oris"], (0, pad)).astype(np.float32))
         out["g" + v] = torch.from_numpy(np.pad(f["descriptors"].reshape(k, dim), ((0, pad), (0, 0))).astype(np.float32))
+        out["ctx" + v] = torch.from_numpy(np.pad(f["context"].reshape(k, dim), ((0, pad), (0, 0))).astype(np.float32))
         out["mask" + v] = torch.from_numpy(np.arange(n) < k)
     out["matches"] = torch.from_numpy(np.pad(m, (0, n - len(m)), constant_values=-1))
     # each keypoint's true location in the other view (for the negative exclusion radius)
@@ -148,6 +156,7 @@ class Loss(nn.Module):
             "scales": torch.cat([batch["scales0"], batch["scales1"]]),
             "oris": torch.cat([batch["oris0"], batch["oris1"]]),
             "handcrafted": torch.cat([batch["g0"], batch["g1"]]),
+            "context": torch.cat([batch["ctx0"], batch["ctx1"]]),
         }
         aux = float(self.conf["aux_h_weight"]) > 0
         if aux:
@@ -200,6 +209,15 @@ class Loss(nn.Module):
             loss = 0.5 * (F.cross_entropy(s1, pos_col1) + F.cross_entropy(s0, pos_col0))
         else:
             raise ValueError(f"loss.type must be 'triplet' or 'infonce', got '{self.conf['type']}'")
+        if float(self.conf["gor_weight"]) > 0:
+            # non-matching pairs (anchor vs every valid keypoint of the other view, true location
+            # excluded) should look like random unit vectors: mean dot 0, mean squared dot 1/D
+            sim = a @ flat1.t()
+            ok = ~excl1 & mask1[None]
+            m1 = sim[ok].mean()
+            m2 = (sim[ok] ** 2).mean()
+            gor = m1 ** 2 + torch.relu(m2 - 1.0 / desc.shape[-1])
+            loss = loss + float(self.conf["gor_weight"]) * gor
         with torch.no_grad():
             logs = {"d_pos": d_pos.mean(), "d_neg": d_neg.mean(), "n_pos": float(len(b)) / B,
                     "acc": (d_pos < d_neg).float().mean()}
