@@ -49,11 +49,12 @@ def _top_k(kps, max_keypoints: int):
 
 def detect_sift(gray: np.ndarray, max_keypoints: int = 4096, contrast_threshold: float = 0.005,
                 root: bool = True, upright: bool = False, n_octave_layers: int = 3,
-                edge_threshold: float = 10.0, sigma: float = 1.6) -> dict:
+                edge_threshold: float = 10.0, sigma: float = 1.6, compute: bool = True) -> dict:
     """DoG keypoints + SIFT/RootSIFT descriptors, top `max_keypoints` by DoG response.
 
     upright: every keypoint gets orientation 0; keypoints that only differed by orientation
     are merged (the strongest is kept) before the top-k selection.
+    compute: False returns the detections only (keypoints, scores, scales, oris).
     """
     gray = to_gray_u8(gray)
     sift = cv2.SIFT_create(nfeatures=0, nOctaveLayers=n_octave_layers,
@@ -70,6 +71,8 @@ def detect_sift(gray: np.ndarray, max_keypoints: int = 4096, contrast_threshold:
         for k in kps:
             k.angle = 0.0
     kps = _top_k(kps, max_keypoints)
+    if not compute:  # detection only (no `descriptors` entry)
+        return _kp_arrays(kps)
     desc = None
     if kps:
         kps, desc = sift.compute(gray, kps)

@@ -161,3 +161,18 @@ def test_shipped_train_configs_parse():
     for cfg in sorted((REPO / "confs" / "train").glob("residual*.yaml")):
         conf = load_config(cfg)
         assert conf["model"]["name"] == "residual" and conf["loss"]["name"] == "residual"
+
+
+def test_plot_puts_counts_on_their_own_axis(tmp_path):
+    import json
+
+    from training.plot import count_keys, plot_run, read_metrics
+
+    rows = [{"step": s, "split": "train", "loss": 1.0 / (1 + s), "ap": s / 100, "kpts": 180.0 + s % 7,
+             "lr": 1e-3} for s in range(0, 100, 5)]
+    rows += [{"step": 50, "split": "val", "mma@3": 0.6}, {"step": 100, "split": "val", "mma@3": 0.7}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    m = read_metrics(tmp_path)
+    assert count_keys(m["train"], ["loss", "ap", "kpts"]) == ["kpts"]
+    out = plot_run(tmp_path)
+    assert out == tmp_path / "curves.png" and out.stat().st_size > 10_000

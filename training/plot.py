@@ -40,6 +40,13 @@ def smooth(values, k: int = 9):
     return np.convolve(pad, kernel, mode="valid")
 
 
+def count_keys(scalars: dict, keys=None) -> list[str]:
+    """Logged keys that are counts (keypoints, patches, matches): values above 5 in magnitude,
+    far out of a loss's or a rate's range. They are drawn on a second y axis."""
+    keys = list(scalars) if keys is None else keys
+    return [k for k in keys if max((abs(x) for x in scalars[k][1]), default=0.0) > 5.0]
+
+
 def plot_run(run_dir, output=None, title=None) -> Path:
     import matplotlib
 
@@ -55,12 +62,24 @@ def plot_run(run_dir, output=None, title=None) -> Path:
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6))
     axes = [axes] if n == 1 else list(axes)
     ax = axes[0]
+    # counts (keypoints, patches, matches: values far above a loss's range) get their own axis
+    counts = count_keys(train, train_keys)
     for k in train_keys:
-        s, v = train[k]
-        ax.plot(s, smooth(v), label=k)
+        if k not in counts:
+            s, v = train[k]
+            ax.plot(s, smooth(v), label=k)
     ax.set_xlabel("step")
     ax.set_title("train (smoothed)")
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    if counts:
+        ax2 = ax.twinx()
+        for j, k in enumerate(counts):
+            s, v = train[k]
+            line, = ax2.plot(s, smooth(v), ls="--", lw=0.8, color=f"C{len(labels) + j}", label=f"{k} (right)")
+            handles.append(line)
+            labels.append(line.get_label())
+        ax2.set_ylabel("count")
+    ax.legend(handles, labels, fontsize=7)
     i = 1
     if val_keys:
         ax = axes[i]

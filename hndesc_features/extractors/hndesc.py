@@ -8,7 +8,8 @@ HNDesc is a descriptor only; keypoints come from
   which hloc's own ``extract_features`` does not pass to models: use
   ``python -m hndesc_features.extract_features`` (it passes ``data["name"]``) for this option.
 
-Backbones (``backbone``): ``small`` (our CPU-trainable network, shipped weights), ``caps`` and
+Backbones (``backbone``): ``patch`` (our CPU-trainable network on DoG-frame patches: rotation and
+scale from the detector, the conf ``hndesc``), ``small`` (our CPU-trainable dense network), ``caps`` and
 ``r2d2`` (the paper's; load the released checkpoints from the HNDesc repository with ``weights``).
 """
 from __future__ import annotations
@@ -21,13 +22,15 @@ import torch
 from hndesc_features.base_model import BaseModel
 from hndesc_features.handcrafted import detect_sift, to_gray_u8
 from hndesc_features.models.hndesc_caps import HNDescCAPS, load_state, state_dict_of
+from hndesc_features.models.hndesc_patch import HNDescPatch
 from hndesc_features.models.hndesc_r2d2 import HNDescR2D2
 from hndesc_features.models.hndesc_small import HNDescSmall
 from hndesc_features.models.sampling import sample_descriptors
 
-BACKBONES = {"small": HNDescSmall, "caps": HNDescCAPS, "r2d2": HNDescR2D2}
+BACKBONES = {"small": HNDescSmall, "patch": HNDescPatch, "caps": HNDescCAPS, "r2d2": HNDescR2D2}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_WEIGHTS = {"small": WEIGHTS_DIR / "hndesc_small.pt"}
+DEFAULT_WEIGHTS = {"small": WEIGHTS_DIR / "hndesc_small.pt", "patch": WEIGHTS_DIR / "hndesc_patch.pt"}
+TRAIN_CONF = {"small": "hndesc_small", "patch": "hndesc_patch"}
 RELEASED = "https://github.com/imelekhov/HNDesc (README: 'The pretrained models are available here')"
 
 
@@ -47,9 +50,9 @@ def resolve_weights(backbone: str, weights) -> Path:
         if not path.is_file():
             raise FileNotFoundError(
                 f"HNDesc weights not found at {path}. They are produced by training: "
-                "`python -m training.train hndesc_small --output runs/hndesc_small` (from the "
-                "repository root), then copy runs/hndesc_small/hndesc_small.pt there; or pass "
-                "model.weights=<path to a checkpoint>.")
+                f"`python -m training.train {TRAIN_CONF[backbone]} --output runs/{TRAIN_CONF[backbone]}` "
+                f"(from the repository root), then copy runs/{TRAIN_CONF[backbone]}/{TRAIN_CONF[backbone]}.pt "
+                "there; or pass model.weights=<path to a checkpoint>.")
         return path
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -98,7 +101,11 @@ class HNDesc(BaseModel):
     def _init(self, conf):
         self.net = load_hndesc(conf["backbone"], conf["weights"])
         self.sampling = conf["sampling"] or self.net.sampling
+        self.patch_based = bool(getattr(self.net, "patch_based", False))
         kp = conf["keypoints"]
+        if self.patch_based and kp != "dog":
+            raise ValueError("HNDesc backbone 'patch' describes DoG keypoint frames (size, orientation); "
+                             "model.keypoints must be 'dog' (keypoints from an .h5 have no frames)")
         self.kp_h5 = None
         if kp != "dog":
             self.kp_h5 = Path(kp).expanduser()
@@ -110,6 +117,11 @@ class HNDesc(BaseModel):
     def _dog(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         img = image.permute(1, 2, 0).cpu().numpy()
         img = img[..., 0] if img.shape[-1] == 1 else img
+        if self.patch_based:  # orientation duplicates kept: each gets its own rotated patch, as in SIFT
+            feats = detect_sift(to_gray_u8(img), self.conf["max_keypoints"], self.conf["contrast_threshold"],
+                                compute=False)
+            frames = np.concatenate([feats["keypoints"], feats["scales"][:, None], feats["oris"][:, None]], 1)
+            return frames.astype(np.float32), feats["scores"]
         # upright=True merges the orientation duplicates of a DoG point: HNDesc descriptors do not
         # depend on orientation, so duplicates would be identical and break mutual matching
         feats = detect_sift(to_gray_u8(img), self.conf["max_keypoints"], self.conf["contrast_threshold"],
@@ -159,6 +171,10 @@ class HNDesc(BaseModel):
         x = image.float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
+        if self.patch_based:
+            desc = torch.stack([self.net.describe(x[b], kpts[b]).t() for b in range(B)])
+            return {"keypoints": kpts[..., :2].contiguous(), "scores": scores, "descriptors": desc,
+                    "scales": kpts[..., 2], "oris": kpts[..., 3]}
         dense = self.net(x)
         desc = sample_descriptors(dense, kpts, (H, W), self.sampling, stride=self.net.stride)
         return {"keypoints": kpts, "scores": scores, "descriptors": desc}

@@ -357,6 +357,13 @@ DEFAULT_CONF = {
     "gd": {"knn_file": None, "k": 5, "pick": "first", "resize": 800, "max_kpts": 200,
            "allow_unknown": False, "images": {"name": "dev_images", "split": "train"}},
     "selfgd": {"refresh_every": 500, "k": 5, "size": 256},
+    # keypoint frames (x, y, size, angle) for patch backbones (hndesc_patch): the view-1 frame of
+    # an anchor is the DoG frame detected within match_px of its true position (scale within
+    # ×/÷ max_scale_ratio, orientation closest to the true one), else the true frame with
+    # Gaussian jitter (angle_jitter degrees, scale_jitter in log-size); anchors whose patch
+    # (scale_factor × size) exceeds max_extent × the crop side are dropped.
+    "frames": {"enable": False, "match_px": 2.0, "max_scale_ratio": 1.5, "angle_jitter": 8.0,
+               "scale_jitter": 0.1, "max_extent": 0.5},
 }
 
 _CACHE: dict = {}  # per-process caches (stylizer, augmentation)
@@ -438,10 +445,69 @@ def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
     return warp_image(t, np.asarray(sample["A1"], np.float64), sample["view1"].shape[-2:])
 
 
-def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """DoG keypoints of view 0 that stay visible in view 1 (+ random ones if too few)."""
+def homography_jacobian(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """N×2×2 Jacobians of x ↦ H(x) at the points (pixel coordinates)."""
+    pts = np.asarray(pts, np.float64).reshape(-1, 2)
+    ph = np.concatenate([pts, np.ones((len(pts), 1))], 1) @ H.T
+    w = ph[:, 2:3]
+    q = ph[:, :2] / w
+    J = H[None, :2, :2] - q[:, :, None] * H[None, 2:3, :2]
+    return J / w[:, :, None]
+
+
+def transfer_frames(frames: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Keypoint frames N×4 (x, y, size, angle°) seen through H: position warped, orientation
+    turned and size scaled by the local affine part of H."""
     from ..geometry.homography import warp_points
+
+    frames = np.asarray(frames, np.float64).reshape(-1, 4)
+    xy = warp_points(frames[:, :2], H)
+    J = homography_jacobian(H, frames[:, :2])
+    th = np.deg2rad(frames[:, 3])
+    u = np.einsum("nij,nj->ni", J, np.stack([np.cos(th), np.sin(th)], -1))
+    ang = np.rad2deg(np.arctan2(u[:, 1], u[:, 0])) % 360.0
+    size = frames[:, 2] * np.sqrt(np.abs(np.linalg.det(J)))
+    return np.concatenate([xy, size[:, None], ang[:, None]], 1)
+
+
+def _angle_diff(a, b):
+    d = np.abs(np.asarray(a) - np.asarray(b)) % 360.0
+    return np.minimum(d, 360.0 - d)
+
+
+def view1_frames(true1: np.ndarray, detected1: np.ndarray, fconf: dict,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of the anchors in view 1 as a detector sees them (see DEFAULT_CONF["frames"]).
+
+    Returns (frames N×4, matched N bool: the frame is a real detection)."""
+    out = true1.astype(np.float64).copy()
+    matched = np.zeros(len(out), bool)
+    if len(detected1) and len(out):
+        d = np.linalg.norm(true1[:, None, :2] - detected1[None, :, :2], axis=-1)
+        ratio = np.abs(np.log(np.maximum(detected1[None, :, 2], 1e-6) / np.maximum(true1[:, None, 2], 1e-6)))
+        ok = (d <= float(fconf["match_px"])) & (ratio <= np.log(float(fconf["max_scale_ratio"])))
+        cost = np.where(ok, _angle_diff(true1[:, None, 3], detected1[None, :, 3]), np.inf)
+        j = cost.argmin(1)
+        matched = np.isfinite(cost[np.arange(len(out)), j])
+        out[matched] = detected1[j[matched]]
+    n = int((~matched).sum())
+    if n:
+        out[~matched, 3] = (out[~matched, 3] + rng.normal(0, float(fconf["angle_jitter"]), n)) % 360.0
+        out[~matched, 2] *= np.exp(rng.normal(0, float(fconf["scale_jitter"]), n))
+    return out.astype(np.float32), matched
+
+
+def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
+               rng: np.random.Generator, view1: Optional[torch.Tensor] = None,
+               fconf: Optional[dict] = None, scale_factor: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """DoG keypoints of view 0 that stay visible in view 1 (+ random ones if too few).
+
+    N×2 positions, or N×4 frames (x, y, size, angle°) when ``fconf["enable"]`` (patch backbones;
+    view 1's frames from a DoG detection on ``view1``, see ``view1_frames``)."""
+    from ..geometry.homography import warp_points
+
+    if fconf is not None and fconf.get("enable"):
+        return _frame_keypoints(view0, view1, H, valid0, valid1, kconf, fconf, rng, scale_factor)
 
     h, w = view0.shape[-2:]
     valid0 = np.ones((h, w), bool) if valid0 is None else np.asarray(valid0, bool)
@@ -465,6 +531,43 @@ def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
         kp0 = np.concatenate([kp0, cand[okc][:need]])
         kp1 = np.concatenate([kp1, c1[okc][:need]])
     return kp0.astype(np.float32), kp1.astype(np.float32)
+
+
+def _frame_keypoints(view0, view1, H, valid0, valid1, kconf, fconf, rng, scale_factor):
+    h, w = view0.shape[-2:]
+    valid0 = np.ones((h, w), bool) if valid0 is None else np.asarray(valid0, bool)
+    valid1 = np.ones((h, w), bool) if valid1 is None else np.asarray(valid1, bool)
+    n = int(kconf["max"])
+    ct = float(kconf["contrast_threshold"])
+    f0 = dog_frames(cv2_gray(view0), 4 * n, ct, unique=True).astype(np.float64)
+    f0 = f0[scale_factor * f0[:, 2] <= float(fconf["max_extent"]) * min(h, w)]
+    f1 = transfer_frames(f0, H)
+    r0, r1 = np.round(f0[:, :2]).astype(int), np.round(f1[:, :2]).astype(int)
+    ok = (r0[:, 0] >= 0) & (r0[:, 0] < w) & (r0[:, 1] >= 0) & (r0[:, 1] < h)
+    ok &= (r1[:, 0] >= 0) & (r1[:, 0] < w) & (r1[:, 1] >= 0) & (r1[:, 1] < h)
+    ok[ok] &= valid0[r0[ok, 1], r0[ok, 0]] & valid1[r1[ok, 1], r1[ok, 0]]
+    f0, f1 = f0[ok][:n], f1[ok][:n]
+    det1 = dog_frames(cv2_gray(view1), 8 * n, ct, unique=False) if view1 is not None else np.zeros((0, 4))
+    f1, _ = view1_frames(f1, det1, fconf, rng)
+    return f0.astype(np.float32), f1.astype(np.float32)
+
+
+def dog_frames(gray: np.ndarray, n: int, contrast_threshold: float = 0.005, unique: bool = False) -> np.ndarray:
+    """OpenCV DoG keypoint frames N×4 (x, y, size, angle°), strongest first. ``unique`` keeps one
+    orientation per location (the strongest) — for training anchors, whose duplicates would be
+    false negatives of each other; extraction keeps them all, as SIFT does."""
+    import cv2
+
+    kps = cv2.SIFT_create(nfeatures=0, contrastThreshold=contrast_threshold).detect(gray, None)
+    if unique:
+        best: dict = {}
+        for k in kps:
+            key = (round(k.pt[0], 2), round(k.pt[1], 2))
+            if key not in best or k.response > best[key].response:
+                best[key] = k
+        kps = list(best.values())
+    kps = sorted(kps, key=lambda k: -k.response)[:n]
+    return np.array([(k.pt[0], k.pt[1], k.size, k.angle) for k in kps], np.float32).reshape(-1, 4)
 
 
 def dog_keypoints(gray: np.ndarray, n: int, contrast_threshold: float = 0.005) -> np.ndarray:
@@ -498,8 +601,10 @@ def prepare(sample: dict, conf: dict) -> dict:
     lc = _conf(conf.get("loss"))
     rng = np.random.default_rng([int(sample.get("seed", 0)) & 0xFFFFFFFF, 4242])
     H = np.asarray(sample["H_0to1"], np.float64)
-    kp0, kp1 = _keypoints(sample["view0"], H, sample.get("valid0"), sample.get("valid1"), lc["keypoints"], rng)
     view1 = _stylize_view1(sample, lc["stylize"], rng)
+    scale_factor = float((conf.get("model") or {}).get("scale_factor", 6.0))
+    kp0, kp1 = _keypoints(sample["view0"], H, sample.get("valid0"), sample.get("valid1"), lc["keypoints"], rng,
+                          view1=view1, fconf=lc["frames"], scale_factor=scale_factor)
     view0 = sample["view0"]
     if view0.shape[0] == 1:
         view0, view1 = view0.expand(3, -1, -1), view1.expand(3, -1, -1)
@@ -508,8 +613,8 @@ def prepare(sample: dict, conf: dict) -> dict:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**31)))
             view0, view1 = aug(view0[None])[0], aug(view1[None])[0]
-    n = int(lc["keypoints"]["max"])
-    k0, k1 = np.zeros((n, 2), np.float32), np.zeros((n, 2), np.float32)
+    n, c = int(lc["keypoints"]["max"]), (4 if lc["frames"]["enable"] else 2)
+    k0, k1 = np.zeros((n, c), np.float32), np.zeros((n, c), np.float32)
     mask = np.zeros(n, bool)
     m = min(n, len(kp0))
     k0[:m], k1[:m], mask[:m] = kp0[:m], kp1[:m], True
@@ -532,10 +637,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def describe(model: nn.Module, images: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-    """Model + B×3×H×W images + B×N×2 keypoints → B×N×D L2-normalised descriptors."""
+    """Model + B×3×H×W images + B×N×2 keypoints (B×N×4 frames for patch backbones) → B×N×D
+    L2-normalised descriptors. One model call either way (DDP)."""
     from hndesc_features.models.sampling import sample_descriptors
 
     net = _unwrap(model)
+    if getattr(net, "patch_based", False):
+        if keypoints.shape[-1] != 4:
+            raise ValueError(f"{type(net).__name__} describes keypoint frames (x, y, size, angle): set "
+                             "loss.frames.enable=true in the training config")
+        B, N = keypoints.shape[:2]
+        with torch.no_grad():
+            patches = torch.cat([net.patches(images[b], keypoints[b]) for b in range(B)])
+        return model(patches).view(B, N, -1)
+    keypoints = keypoints[..., :2]
     dense = model(images)
     d = sample_descriptors(dense, keypoints, tuple(images.shape[-2:]), net.sampling, net.stride)
     return d.transpose(1, 2)
@@ -573,8 +688,10 @@ class Loss(nn.Module):
             img = resize_long_side(img, float(g["resize"]), min_side=size)
             import cv2
 
-            kp = dog_keypoints(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), 5000,
-                               float(self.conf["keypoints"]["contrast_threshold"]))
+            gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            ct = float(self.conf["keypoints"]["contrast_threshold"])
+            kp = (dog_frames(gray, 5000, ct, unique=True) if self.conf["frames"]["enable"]
+                  else dog_keypoints(gray, 5000, ct))
             self._images[path] = (img, kp)
         return self._images[path]
 
@@ -620,7 +737,8 @@ class Loss(nn.Module):
             h, w = size
             y0, x0 = pick_negative_window(img.shape[:2], kp, (h, w), 5, self._py_rng)
             sel = (kp[:, 0] >= x0) & (kp[:, 0] < x0 + w) & (kp[:, 1] >= y0) & (kp[:, 1] < y0 + h)
-            k = kp[sel][: int(g["max_kpts"])] - np.array([x0, y0], np.float32)
+            k = kp[sel][: int(g["max_kpts"])].copy()
+            k[:, :2] -= np.array([x0, y0], np.float32)
             if len(k) == 0:
                 continue
             crops.append(torch.from_numpy(np.ascontiguousarray(img[y0:y0 + h, x0:x0 + w]))
@@ -632,7 +750,7 @@ class Loss(nn.Module):
         if self.conf["augment"].get("enable", True):
             x = _augmentation({k: v for k, v in self.conf["augment"].items() if k != "enable"})(x)
         n = max(len(k) for k in kps)
-        kp_pad = torch.zeros(len(kps), n, 2)
+        kp_pad = torch.zeros(len(kps), n, kps[0].shape[1])
         m = torch.zeros(len(kps), n, dtype=torch.bool)
         for i, k in enumerate(kps):
             kp_pad[i, : len(k)], m[i, : len(k)] = k, True
@@ -674,9 +792,13 @@ def extract(model, image: torch.Tensor, conf: dict, max_keypoints: int = 1024) -
     img = image[0]
     if img.shape[0] == 1:
         img = img.expand(3, -1, -1)
-    kp = dog_keypoints(cv2_gray(img.cpu()), max_keypoints, float(lc["keypoints"]["contrast_threshold"]))
-    kpt = torch.from_numpy(kp.reshape(-1, 2)).to(image.device)
+    ct = float(lc["keypoints"]["contrast_threshold"])
+    if getattr(_unwrap(model), "patch_based", False):  # as the extractor: all DoG orientations
+        kp = dog_frames(cv2_gray(img.cpu()), max_keypoints, ct, unique=False)
+    else:
+        kp = dog_keypoints(cv2_gray(img.cpu()), max_keypoints, ct)
+    kpt = torch.from_numpy(kp).to(image.device)
     if len(kpt) == 0:
-        return {"keypoints": kpt, "descriptors": torch.zeros(0, 128)}
+        return {"keypoints": kpt[:, :2], "descriptors": torch.zeros(0, 128)}
     d = describe(model, img[None].to(image.device), kpt[None])[0]
-    return {"keypoints": kpt, "descriptors": d}
+    return {"keypoints": kpt[:, :2], "descriptors": d}
