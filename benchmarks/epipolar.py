@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 
 from .common import (BenchmarkError, logger, read_features, resolve_feature_conf, resolve_matcher_conf, run_cli,

@@ -1,10 +1,6 @@
 """Our confs and extractors inside an unmodified hloc, and our CLIs reproducing hloc's files."""
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 

@@ -279,3 +279,17 @@ def test_dog_keypoints_unique_and_sorted():
     skd = pytest.importorskip("skimage.data", reason="scikit-image provides the real test photos")
     kp = dog_keypoints(skd.camera(), 500, 0.005)
     assert 0 < len(kp) <= 500 and len(np.unique(kp.round(2), axis=0)) == len(kp)
+
+
+def test_in_pair_negatives_exclude_close_keypoints():
+    """A keypoint 3 px away in the same image is not a negative (neg_min_dist), a far one is."""
+    a = _unit([1.0, 0, 0], [0.99, 0.14, 0], [0, 1.0, 0])
+    pair_ids = torch.zeros(3, dtype=torch.long)
+    loss = HNDescLoss("ap", "in_pair", knn=1)
+    p1 = torch.tensor([[10.0, 10.0], [13.0, 10.0], [60.0, 60.0]])
+    exclude = torch.cdist(p1, p1) < 8.0
+    _, neg_all, _ = loss.similarities(a, a, pair_ids)
+    _, neg_ex, keep = loss.similarities(a, a, pair_ids, exclude=exclude)
+    assert neg_all[0, 0] == pytest.approx(float(a[0] @ a[1]))  # the close one is the hardest...
+    assert neg_ex[0, 0] == pytest.approx(float(a[0] @ a[2]))   # ...unless excluded
+    assert keep.all()

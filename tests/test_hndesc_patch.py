@@ -2,6 +2,8 @@
 to rotation/scale (given the frames), training samples with detected view-1 frames, extractor."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -183,3 +185,27 @@ def test_extractor_patch_backbone(astronaut, tmp_path):
     assert float(d[i] @ d[j]) < 0.999
     with pytest.raises(ValueError, match="must be 'dog'"):
         HNDesc({"backbone": "patch", "weights": str(path), "keypoints": str(path)})
+
+
+def test_knn_file_from_our_model_drives_gd_mining(tmp_path):
+    """training.knn writes an hloc-layout global-features file that KNNIndex reads; images of the
+    same scene are each other's neighbours (real photos, shipped dense model)."""
+    skd = pytest.importorskip("skimage.data")
+    from hndesc_features.extractors.hndesc import load_hndesc
+    from training.knn import write_global_descriptors
+    from training.losses.hndesc import KNNIndex
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    base = {"astro": skd.astronaut(), "coffee": skd.coffee(), "chelsea": skd.chelsea()}
+    paths = []
+    for name, img in base.items():
+        for k, (y, x) in enumerate([(0, 0), (40, 60)]):  # two overlapping views of each photo
+            p = folder / f"{name}_{k}.png"
+            cv2.imwrite(str(p), cv2.cvtColor(img[y:y + 280, x:x + 280], cv2.COLOR_RGB2BGR))
+            paths.append(p)
+    out = write_global_descriptors(paths, load_hndesc("small"), tmp_path / "knn.h5", size=256)
+    idx = KNNIndex(out, [str(p) for p in paths], k=1)
+    for p in paths:
+        stem = p.stem.rsplit("_", 1)[0]
+        assert Path(idx(str(p))[0]).stem.rsplit("_", 1)[0] == stem

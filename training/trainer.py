@@ -8,11 +8,9 @@ optimizer, scheduler and RNG states come from the checkpoint).
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -105,7 +104,43 @@ def collate_pairs(samples: list[dict]) -> dict:
     return out
 
 
-class MegaDepthPairs(BaseDataset):
+class CameraPairDataset(BaseDataset):
+    """Pairs of posed photos (``self.pairs``: (path_a, path_b); ``self.cams``: path → Camera).
+
+    ``camera_pair(index)`` reads both views resized to ``resize_max`` on the long side with the
+    intrinsics rescaled to match, skipping pairs with an unreadable image, and returns the
+    images, K0/K1, the relative pose T_0to1 and the fundamental matrix F_0to1.
+    """
+
+    def _view(self, cam: Camera):
+        img = read_image(cam.path, self.conf["grayscale"])
+        if img is None:
+            return None
+        h, w = img.shape[:2]
+        if self.conf["resize_max"]:
+            img = resize_long_side(img, self.conf["resize_max"])
+        sx, sy = img.shape[1] / w, img.shape[0] / h
+        # pixel centres at integers: x' = (x + .5) s - .5
+        S = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+        return to_tensor(img), S @ cam.K
+
+    def camera_pair(self, index) -> dict:
+        n = len(self.pairs)
+        for k in range(n):  # skip pairs with an unreadable image (warned by read_image)
+            a, b = self.pairs[(index + k) % n]
+            v0, v1 = self._view(self.cams[a]), self._view(self.cams[b])
+            if v0 is not None and v1 is not None:
+                break
+        else:
+            raise RuntimeError(f"{type(self).__name__}: no readable pair")
+        T = self.cams[b].T_w2c @ np.linalg.inv(self.cams[a].T_w2c)
+        return {"image0": v0[0], "image1": v1[0], "K0": v0[1].astype(np.float32),
+                "K1": v1[1].astype(np.float32), "T_0to1": T.astype(np.float32),
+                "F_0to1": fundamental(v0[1], v1[1], T).astype(np.float32),
+                "name0": str(a), "name1": str(b)}
+
+
+class MegaDepthPairs(CameraPairDataset):
     default_conf = {
         "root": None,
         "split": "train",
@@ -151,30 +186,5 @@ class MegaDepthPairs(BaseDataset):
     def __len__(self):
         return len(self.pairs)
 
-    def _view(self, cam: Camera):
-        img = read_image(cam.path, self.conf["grayscale"])
-        if img is None:
-            return None
-        h, w = img.shape[:2]
-        K = cam.K.copy()
-        if self.conf["resize_max"]:
-            img = resize_long_side(img, self.conf["resize_max"])
-        sx, sy = img.shape[1] / w, img.shape[0] / h
-        # pixel centres at integers: x' = (x + .5) s - .5
-        S = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
-        return to_tensor(img), S @ K
-
     def get(self, index, rng, seed):
-        n = len(self.pairs)
-        for k in range(n):  # skip pairs with an unreadable image (warned by read_image)
-            a, b = self.pairs[(index + k) % n]
-            v0, v1 = self._view(self.cams[a]), self._view(self.cams[b])
-            if v0 is not None and v1 is not None:
-                break
-        else:
-            raise RuntimeError("megadepth: no readable pair")
-        T = self.cams[b].T_w2c @ np.linalg.inv(self.cams[a].T_w2c)
-        return {"image0": v0[0], "image1": v1[0], "K0": v0[1].astype(np.float32),
-                "K1": v1[1].astype(np.float32), "T_0to1": T.astype(np.float32),
-                "F_0to1": fundamental(v0[1], v1[1], T).astype(np.float32),
-                "name0": str(a), "name1": str(b)}
+        return self.camera_pair(index)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import BaseDataset, read_image, resize_long_side, to_tensor
+
 from .image_folder import expand, list_images
-from .megadepth import Camera, collate_pairs, fundamental
+from .megadepth import Camera, CameraPairDataset, collate_pairs
 
 
 def _imc2020_dirs(scene: Path) -> list[Path]:
@@ -107,7 +107,7 @@ def phototourism_images(root, scenes=None) -> list[Path]:
     return sorted(paths)
 
 
-class PhotoTourismPairs(BaseDataset):
+class PhotoTourismPairs(CameraPairDataset):
     default_conf = {
         "root": None,
         "scenes": None,
@@ -139,28 +139,5 @@ class PhotoTourismPairs(BaseDataset):
     def __len__(self):
         return len(self.pairs)
 
-    def _view(self, cam: Camera):
-        img = read_image(cam.path, self.conf["grayscale"])
-        if img is None:
-            return None
-        h, w = img.shape[:2]
-        if self.conf["resize_max"]:
-            img = resize_long_side(img, self.conf["resize_max"])
-        sx, sy = img.shape[1] / w, img.shape[0] / h
-        S = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
-        return to_tensor(img), S @ cam.K
-
     def get(self, index, rng, seed):
-        n = len(self.pairs)
-        for k in range(n):
-            a, b = self.pairs[(index + k) % n]
-            v0, v1 = self._view(self.cams[a]), self._view(self.cams[b])
-            if v0 is not None and v1 is not None:
-                break
-        else:
-            raise RuntimeError("phototourism: no readable pair")
-        T = self.cams[b].T_w2c @ np.linalg.inv(self.cams[a].T_w2c)
-        return {"image0": v0[0], "image1": v1[0], "K0": v0[1].astype(np.float32),
-                "K1": v1[1].astype(np.float32), "T_0to1": T.astype(np.float32),
-                "F_0to1": fundamental(v0[1], v1[1], T).astype(np.float32),
-                "name0": str(a), "name1": str(b)}
+        return self.camera_pair(index)

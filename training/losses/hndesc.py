@@ -137,21 +137,25 @@ class HNDescLoss(nn.Module):
         self.in_batch_with_pair = in_batch_with_pair
         self.ap = QuantizedAP(nq, 0.0, 1.0)
 
-    def similarities(self, anchors, positives, pair_ids, extra=None):
-        """(sim_pos N, sim_neg N×knn, keep N) for the configured mining mode."""
+    def similarities(self, anchors, positives, pair_ids, extra=None, exclude=None):
+        """(sim_pos N, sim_neg N×knn, keep N) for the configured mining mode. ``exclude`` (N×N
+        bool, optional): positives that must not serve as negatives of an anchor (e.g. keypoints
+        a few pixels away from it in the same image: the same structure, not a negative)."""
         cands = positives if extra is None or extra.shape[0] == 0 else torch.cat([positives, extra])
         n_extra = cands.shape[0] - positives.shape[0]
         if self.mining in ("gd", "selfgd") and n_extra == 0:
             logger.debug("HNDesc %s mining without neighbour descriptors: in_batch only", self.mining)
         sim = anchors @ cands.t()
         mask = negative_mask(pair_ids, self.mining, n_extra, self.in_batch_with_pair)
+        if exclude is not None:
+            mask[:, : positives.shape[0]] &= ~exclude
         neg, keep = mine_hardest(sim, mask, self.knn)
         pos = (anchors * positives).sum(-1)
         return pos, neg, keep
 
     def forward(self, anchors: torch.Tensor, positives: torch.Tensor, pair_ids: torch.Tensor,
-                extra: Optional[torch.Tensor] = None) -> dict:
-        pos, neg, keep = self.similarities(anchors, positives, pair_ids, extra)
+                extra: Optional[torch.Tensor] = None, exclude: Optional[torch.Tensor] = None) -> dict:
+        pos, neg, keep = self.similarities(anchors, positives, pair_ids, extra, exclude)
         pos, neg = pos[keep], neg[keep]
         if pos.numel() == 0:
             zero = anchors.sum() * 0.0
@@ -261,11 +265,27 @@ def knn_from_descriptors(names: Sequence[str], descs: np.ndarray, k: int) -> dic
     return {names[i]: [names[j] for j in order[i]] for i in range(len(names))}
 
 
+@torch.no_grad()
+def global_descriptor(model: nn.Module, image: torch.Tensor, max_keypoints: int = 512) -> torch.Tensor:
+    """1×3×H×W image in [0, 1] → the model's own global descriptor (D): the L2-normalised mean of
+    its L2-normalised descriptors — dense ones, or for patch backbones those of the strongest
+    ``max_keypoints`` DoG frames."""
+    net = _unwrap(model)
+    if getattr(net, "patch_based", False):
+        frames = dog_frames(cv2_gray(image[0].cpu()), max_keypoints, 0.005, unique=True)
+        if len(frames) == 0:
+            return torch.zeros(net.descriptor_dim, device=image.device)
+        d = net.describe(image[0], torch.from_numpy(frames).to(image.device))
+        return F.normalize(d.mean(0), dim=0)
+    dense = F.normalize(net(image), dim=1)
+    return F.normalize(dense.mean((2, 3)), dim=1)[0]
+
+
 class SelfGDIndex:
     """``selfgd``: neighbours from the model's own global descriptors, refreshed every K steps.
 
-    The global descriptor of an image is the L2-normalised mean of its L2-normalised dense
-    descriptors (image resized to ``size`` px on its long side). ``load_image(name)`` must
+    The global descriptor of an image is ``global_descriptor``: the L2-normalised mean of its
+    L2-normalised dense (or keypoint-patch) descriptors, image resized to ``size`` px on its long side. ``load_image(name)`` must
     return an H×W×3 float array in [0, 1].
     """
 
@@ -288,8 +308,7 @@ class SelfGDIndex:
             s = self.size / max(img.shape[-2:])
             if s < 1:
                 img = F.interpolate(img, scale_factor=s, mode="area")
-            dense = F.normalize(model(img.to(device)), dim=1)
-            out.append(F.normalize(dense.mean((2, 3)), dim=1)[0].cpu().numpy())
+            out.append(global_descriptor(model, img.to(device)).cpu().numpy())
         model.train(was_training)
         return np.stack(out)
 
@@ -344,6 +363,9 @@ DEFAULT_CONF = {
     "loss": "ap",  # ap | triplet
     "mining": "in_batch",  # in_pair | in_batch | gd | selfgd
     "in_batch_with_pair": False,
+    # same-pair candidates whose view-1 position is closer than this (px) to the anchor's
+    # positive are not negatives (in_pair, or in_batch_with_pair): overlapping neighbourhoods
+    "neg_min_dist": 8.0,
     "knn": 20,  # mined negatives per anchor
     "nq": 20,  # AP quantisation bins
     "margin": 1.0,  # triplet
@@ -776,8 +798,12 @@ class Loss(nn.Module):
         anchors, positives = d[:B, :N][mask], d[B:2 * B, :N][mask]
         extra = d[2 * B:, : neg[2].shape[1]][neg[2].to(d.device)] if neg is not None else None
         pair_ids = torch.arange(B, device=mask.device)[:, None].expand(B, N)[mask]
+        exclude = None
+        if float(self.conf["neg_min_dist"]) > 0 and (self.conf["mining"] == "in_pair" or self.conf["in_batch_with_pair"]):
+            p1 = batch["kpts1"][..., :2].to(d.device)[mask]
+            exclude = (pair_ids[:, None] == pair_ids[None, :]) & (torch.cdist(p1, p1) < float(self.conf["neg_min_dist"]))
         self.calls += 1
-        out = self.criterion(anchors, positives, pair_ids, extra)
+        out = self.criterion(anchors, positives, pair_ids, extra, exclude)
         logs = {"ap": out["ap"], "kpts": float(mask.sum()) / B,
                 "pos_sim": (anchors * positives).sum(-1).mean().detach()}
         if self.conf["mining"] in ("gd", "selfgd"):
