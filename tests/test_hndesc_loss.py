@@ -209,13 +209,9 @@ def _conf(mining="in_batch", **loss):
 
 @pytest.fixture(scope="module")
 def pairs():
-    from training.datasets import build_dataset
-    from training.datasets.dev_images import shared_data_dir
+    from conftest import training_pairs
 
-    if shared_data_dir() is None:
-        pytest.skip("real training photos not found (../shared/data)")
-    ds = build_dataset(_conf()["data"], "train")
-    return [ds[(i, 100 + i)] for i in (0, 5, 12)]
+    return training_pairs(_conf()["data"], [(i, 100 + i) for i in (0, 5, 12)])
 
 
 def test_prepare_gives_exact_correspondences(pairs):

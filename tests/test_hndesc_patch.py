@@ -113,13 +113,9 @@ def _conf():
 
 @pytest.fixture(scope="module")
 def pairs():
-    from training.datasets import build_dataset
-    from training.datasets.dev_images import shared_data_dir
+    from conftest import training_pairs
 
-    if shared_data_dir() is None:
-        pytest.skip("real training photos not found (../shared/data)")
-    ds = build_dataset(_conf()["data"], "train")
-    return [ds[(i, 200 + i)] for i in (1, 6, 13)]
+    return training_pairs(_conf()["data"], [(i, 200 + i) for i in (1, 6, 13)])
 
 
 def test_prepare_frames_follow_the_homography(pairs):
