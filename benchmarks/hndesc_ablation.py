@@ -71,9 +71,39 @@ def feature_conf(name: str, weights: Path, max_keypoints: int, folder: Path) -> 
     return path
 
 
+def untrained_weights(folder: Path, seed: int = 0) -> Path:
+    """The patch backbone at its initialisation (torch seed 0): the reference every ablation
+    starts from — a random CNN on frame-normalised patches is already a usable descriptor."""
+    import torch
+
+    from hndesc_features.models.checkpoints import build_model
+    from training.config import load_config
+
+    path = folder / "hndesc_patch_untrained.pt"
+    if not path.is_file():
+        torch.manual_seed(seed)
+        net = build_model("hndesc_patch", load_config("hndesc_ablation/in_batch_pair")["model"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": "hndesc_features.weights/1", "arch": "hndesc_patch", "conf": dict(net.conf),
+                    "state_dict": net.state_dict(), "meta": {"note": f"untrained, torch seed {seed}"}}, path)
+    return path
+
+
+def rootsift_conf(max_keypoints: int, folder: Path) -> Path:
+    from .common import resolve_feature_conf
+
+    conf = resolve_feature_conf("rootsift")
+    conf["model"]["max_keypoints"] = max_keypoints
+    conf["output"] = f"feats-rootsift-n{max_keypoints}"
+    path = folder / "rootsift.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
 def markdown(rows: list[dict], dataset: str, max_keypoints: int) -> str:
     lines = [f"# HNDesc ablations ({dataset}; {max_keypoints} DoG keypoints, mutual NN, MMA)", "",
-             "Short runs (confs/train/hndesc_ablation/, 150 steps on 2 CPU cores): compare rows with "
+             "Short runs (confs/train/hndesc_ablation/, 100 steps on 2 CPU cores): compare rows with "
              "each other, not with the shipped model.", "",
              "| group | ablation | what | MMA@1 | MMA@3 | MMA@3 illum. | MMA@3 view. | #matches |",
              "|---|---|---|---|---|---|---|---|"]
@@ -93,6 +123,8 @@ def main(argv=None):
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "hndesc_ablation")
     p.add_argument("--only", help="comma-separated subset of " + ",".join(ABLATIONS))
     p.add_argument("--max_keypoints", type=int, default=1024)
+    p.add_argument("--no_baselines", action="store_true",
+                   help="skip the reference rows (RootSIFT and the untrained patch network)")
     a = p.parse_args(argv)
     names = list(ABLATIONS) if not a.only else [n.strip() for n in a.only.split(",") if n.strip()]
     bad = [n for n in names if n not in ABLATIONS]
@@ -102,15 +134,22 @@ def main(argv=None):
     seqs = list_sequences(root, exclude=D2NET_EXCLUDED)
     work = a.output.with_name(a.output.stem + "_work")
     results, rows = {}, []
-    for name in names:
-        weights = train(name, a.runs)
-        conf = feature_conf(name, weights, a.max_keypoints, work / "confs")
+    jobs = [] if a.no_baselines else [
+        ("rootsift", "reference", "RootSIFT on the same DoG keypoints", lambda: rootsift_conf(a.max_keypoints, work / "confs")),
+        ("untrained", "reference", "the patch network at initialisation (no training)",
+         lambda: feature_conf("untrained", untrained_weights(work), a.max_keypoints, work / "confs"))]
+    jobs += [(n, *ABLATIONS[n], (lambda n=n: feature_conf(n, train(n, a.runs), a.max_keypoints, work / "confs")))
+             for n in names]
+    for name, group, what, make_conf in jobs:
+        conf = make_conf()
         res = run_conf(str(conf), root, seqs, work, ["mma"])
         results[name] = res
-        group, what = ABLATIONS[name]
+        weights = yaml.safe_load(Path(conf).read_text())["model"].get("weights")
         rows.append({"name": name, "group": group, "what": what, "mma": res["mma"],
                      "matches": res["mma_details"]["mean_num_matches"]["all"],
                      "weights": str(weights)})
+        write_json(a.output, {"dataset": str(root), "sequences": len(seqs), "max_keypoints": a.max_keypoints,
+                              "rows": rows, "partial": True})  # a cut-off run keeps what it measured
     out = {"dataset": str(root), "sequences": len(seqs), "max_keypoints": a.max_keypoints, "rows": rows}
     write_json(a.output, out)
     md = markdown(rows, str(root), a.max_keypoints)

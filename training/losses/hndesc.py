@@ -382,9 +382,10 @@ DEFAULT_CONF = {
     # keypoint frames (x, y, size, angle) for patch backbones (hndesc_patch): the view-1 frame of
     # an anchor is the DoG frame detected within match_px of its true position (scale within
     # ×/÷ max_scale_ratio, orientation closest to the true one), else the true frame with
-    # Gaussian jitter (angle_jitter degrees, scale_jitter in log-size); anchors whose patch
+    # Gaussian jitter (angle_jitter degrees, scale_jitter in log-size; detect: false → always
+    # the jittered true frame); anchors whose patch
     # (scale_factor × size) exceeds max_extent × the crop side are dropped.
-    "frames": {"enable": False, "match_px": 2.0, "max_scale_ratio": 1.5, "angle_jitter": 8.0,
+    "frames": {"enable": False, "detect": True, "match_px": 2.0, "max_scale_ratio": 1.5, "angle_jitter": 8.0,
                "scale_jitter": 0.1, "max_extent": 0.5},
 }
 
@@ -569,7 +570,8 @@ def _frame_keypoints(view0, view1, H, valid0, valid1, kconf, fconf, rng, scale_f
     ok &= (r1[:, 0] >= 0) & (r1[:, 0] < w) & (r1[:, 1] >= 0) & (r1[:, 1] < h)
     ok[ok] &= valid0[r0[ok, 1], r0[ok, 0]] & valid1[r1[ok, 1], r1[ok, 0]]
     f0, f1 = f0[ok][:n], f1[ok][:n]
-    det1 = dog_frames(cv2_gray(view1), 8 * n, ct, unique=False) if view1 is not None else np.zeros((0, 4))
+    det1 = (dog_frames(cv2_gray(view1), 8 * n, ct, unique=False) if view1 is not None and fconf.get("detect", True)
+            else np.zeros((0, 4)))
     f1, _ = view1_frames(f1, det1, fconf, rng)
     return f0.astype(np.float32), f1.astype(np.float32)
 
