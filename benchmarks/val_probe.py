@@ -8,7 +8,7 @@ to compare training recipes against the handcrafted baseline and the untrained n
 ``--method hndesc_patch``: DoG frames + the patch backbone vs RootSIFT on the same detector
 (val conf of confs/train/hndesc_patch.yaml, RGB). ``--method wlrn``: ORB keypoints + the wlrn
 network vs raw ORB (val conf of confs/train/wlrn_orb.yaml on the held-out photos, grayscale).
-``untrained`` = the network at its initialisation (torch seed 0). Mutual-NN MMA@1/3, RANSAC
+``untrained`` = the network initialised as its training config does (torch seed 0), not trained. Mutual-NN MMA@1/3, RANSAC
 homography accuracy @3 px and the number of matches, per weights file; 1024 keypoints, 640 px.
 Photometric changes (severity 0.8) cycle through benchmarks.photometric's types, one per pair.
 """
@@ -78,9 +78,10 @@ def _extractor(method: str, weights: str):
         return lambda img: extract(net, img, conf, 1024)
 
     from hndesc_features.models.wlrn import WLRNet, describe_orb, load_wlrn_state_dict
+    from training.config import load_config
 
     torch.manual_seed(0)
-    net = WLRNet()
+    net = WLRNet(load_config("wlrn_orb")["model"])  # the training run's initialisation scheme
     if weights != "untrained":
         load_wlrn_state_dict(net, weights)
     net.eval()

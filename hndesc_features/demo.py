@@ -108,7 +108,7 @@ def default_conf() -> str:
     from importlib import resources
 
     try:
-        if resources.files("hndesc_features.weights").joinpath("hndesc_small.pt").is_file():
+        if resources.files("hndesc_features.weights").joinpath("hndesc_patch.pt").is_file():
             return "hndesc"
     except Exception:
         pass

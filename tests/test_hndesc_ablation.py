@@ -35,9 +35,8 @@ def test_each_ablation_changes_only_what_it_names():
         assert diff == keys, name
     assert set(expected) | {"in_batch_pair"} == set(ABLATIONS)
     base = load_config("hndesc_ablation/in_batch_pair")
-    shipped = load_config("hndesc_patch")
-    assert base["model"] == shipped["model"] and base["data"] == shipped["data"]
-    assert base["train"]["steps"] < shipped["train"]["steps"]
+    shipped = load_config("hndesc_patch")  # the shipped recipe is the in_batch_pair row
+    assert {k: v for k, v in base.items() if k != "name"} == {k: v for k, v in shipped.items() if k != "name"}
 
 
 def test_feature_conf_and_table(tmp_path):

@@ -218,7 +218,8 @@ def test_feature_confs_present():
     from hndesc_features.confs import feature_confs
 
     confs = feature_confs()
-    for name, backbone in [("hndesc", "small"), ("hndesc_caps", "caps"), ("hndesc_r2d2", "r2d2")]:
+    for name, backbone in [("hndesc", "patch"), ("hndesc_small", "small"), ("hndesc_caps", "caps"),
+                           ("hndesc_r2d2", "r2d2")]:
         assert confs[name]["model"]["name"] == "hf_hndesc"
         assert confs[name]["model"]["backbone"] == backbone
         assert confs[name]["preprocessing"]["grayscale"] is False
