@@ -205,3 +205,25 @@ def test_knn_file_from_our_model_drives_gd_mining(tmp_path):
     for p in paths:
         stem = p.stem.rsplit("_", 1)[0]
         assert Path(idx(str(p))[0]).stem.rsplit("_", 1)[0] == stem
+
+
+def test_gd_and_selfgd_mining_with_frames(pairs, tmp_path):
+    """Neighbour crops carry keypoint frames for patch backbones (gd from a pairs file, selfgd from
+    the model's own global descriptors)."""
+    from hndesc_features.models.checkpoints import build_model
+    from training.datasets.dev_images import train_images
+
+    names = [str(p) for p in train_images()]
+    knn = tmp_path / "pairs.txt"
+    knn.write_text("\n".join(f"{Path(p['name']).name} {Path(names[(7 * j) % len(names)]).name}"
+                              for p in pairs for j in (1, 2)) + "\n")
+    torch.manual_seed(0)
+    base = _conf()
+    model = build_model("hndesc_patch", base["model"])
+    for mining, extra in [("gd", {"gd": {"knn_file": str(knn), "resize": 320, "max_kpts": 24}}),
+                          ("selfgd", {"gd": {"resize": 320, "max_kpts": 24},
+                                      "selfgd": {"refresh_every": 100, "k": 2, "size": 96}})]:
+        conf = dict(base, loss={**base["loss"], "mining": mining, **extra})
+        batch = L.collate([L.prepare(p, conf) for p in pairs])
+        loss, logs = L.Loss(conf["loss"])(model, batch)
+        assert torch.isfinite(loss) and logs["extra_negs"] > 0, mining

@@ -37,7 +37,8 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class HNDescPatch(nn.Module):
     """Patches N×3×P×P (or N×1×P×P) in [0, 1] → N×dim L2-normalised descriptors."""
 
-    default_conf = {"dim": 128, "width": 16, "patch_size": 32, "scale_factor": 6.0}
+    # norm_eps: added to the patch std before dividing (flat patches are not blown up)
+    default_conf = {"dim": 128, "width": 16, "patch_size": 32, "scale_factor": 6.0, "norm_eps": 1e-2}
     patch_based = True
     stride = 1  # unused (no dense map); kept for the shared describe() helpers
     sampling = "patches"
@@ -66,7 +67,7 @@ class HNDescPatch(nn.Module):
         if patches.shape[0] == 0:
             return patches.new_zeros((0, self.descriptor_dim))
         x = patches - patches.mean(dim=(2, 3), keepdim=True)
-        x = x / (x.flatten(1).std(dim=1).view(-1, 1, 1, 1) + 1e-2)
+        x = x / (x.flatten(1).std(dim=1).view(-1, 1, 1, 1) + float(self.conf["norm_eps"]))
         return F.normalize(self.features(x).flatten(1), p=2, dim=1)
 
     def patches(self, image: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:

@@ -344,7 +344,7 @@ def pick_negative_window(image_hw: tuple[int, int], keypoints: np.ndarray, crop,
         return (H - ch) // 2, (W - cw) // 2
     best, best_n = None, -1
     for _ in range(n_trials):
-        cx, cy = keypoints[rng.randrange(len(keypoints))]
+        cx, cy = keypoints[rng.randrange(len(keypoints))][:2]
         y0, x0 = clamp_window(cx, cy)
         inside = ((keypoints[:, 0] >= x0) & (keypoints[:, 0] < x0 + cw)
                   & (keypoints[:, 1] >= y0) & (keypoints[:, 1] < y0 + ch)).sum()
