@@ -76,7 +76,7 @@ def untrained_weights(folder: Path, seed: int = 0) -> Path:
     starts from — a random CNN on frame-normalised patches is already a usable descriptor."""
     import torch
 
-    from hndesc_features.models.checkpoints import build_model
+    from hndesc_features.models.checkpoints import build_model, export_weights
     from training.config import load_config
 
     path = folder / "hndesc_patch_untrained.pt"
@@ -84,8 +84,7 @@ def untrained_weights(folder: Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         net = build_model("hndesc_patch", load_config("hndesc_ablation/in_batch_pair")["model"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": "hndesc_features.weights/1", "arch": "hndesc_patch", "conf": dict(net.conf),
-                    "state_dict": net.state_dict(), "meta": {"note": f"untrained, torch seed {seed}"}}, path)
+        export_weights(path, "hndesc_patch", dict(net.conf), net.state_dict(), {"note": f"untrained, torch seed {seed}"})
     return path
 
 
@@ -134,6 +133,10 @@ def main(argv=None):
     seqs = list_sequences(root, exclude=D2NET_EXCLUDED)
     work = a.output.with_name(a.output.stem + "_work")
     results, rows = {}, []
+
+    def summary() -> dict:
+        return {"dataset": str(root), "sequences": len(seqs), "max_keypoints": a.max_keypoints, "rows": rows}
+
     jobs = [] if a.no_baselines else [
         ("rootsift", "reference", "RootSIFT on the same DoG keypoints", lambda: rootsift_conf(a.max_keypoints, work / "confs")),
         ("untrained", "reference", "the patch network at initialisation (no training)",
@@ -148,9 +151,8 @@ def main(argv=None):
         rows.append({"name": name, "group": group, "what": what, "mma": res["mma"],
                      "matches": res["mma_details"]["mean_num_matches"]["all"],
                      "weights": str(weights)})
-        write_json(a.output, {"dataset": str(root), "sequences": len(seqs), "max_keypoints": a.max_keypoints,
-                              "rows": rows, "partial": True})  # a cut-off run keeps what it measured
-    out = {"dataset": str(root), "sequences": len(seqs), "max_keypoints": a.max_keypoints, "rows": rows}
+        write_json(a.output, dict(summary(), partial=True))  # a cut-off run keeps what it measured
+    out = summary()
     write_json(a.output, out)
     md = markdown(rows, str(root), a.max_keypoints)
     a.output.with_suffix(".md").write_text(md)

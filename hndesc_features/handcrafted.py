@@ -40,6 +40,11 @@ def _kp_arrays(kps) -> dict:
     }
 
 
+def keypoint_frames(feats: dict) -> np.ndarray:
+    """N×4 float32 keypoint frames (x, y, size, angle°) of a detection dict (keypoints, scales, oris)."""
+    return np.concatenate([feats["keypoints"], feats["scales"][:, None], feats["oris"][:, None]], 1).astype(np.float32)
+
+
 def _top_k(kps, max_keypoints: int):
     kps = sorted(kps, key=lambda k: -k.response)
     if max_keypoints is not None and max_keypoints > 0:

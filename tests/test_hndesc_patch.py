@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hndesc_features.models.hndesc_patch import HNDescPatch
+from training.geometry.homography import homography_jacobian, transfer_frames
 from training.losses import hndesc as L
 
 torch.set_num_threads(1)
@@ -30,7 +31,7 @@ def astronaut():
 def test_homography_jacobian_matches_finite_differences():
     H = np.array([[1.1, 0.2, 5.0], [-0.1, 0.9, 3.0], [1e-4, -2e-4, 1.0]])
     p = np.array([[100.0, 50.0], [300.0, 220.0]])
-    J = L.homography_jacobian(H, p)
+    J = homography_jacobian(H, p)
     from training.geometry.homography import warp_points
 
     eps = 1e-3
@@ -44,7 +45,7 @@ def test_transfer_frames_similarity():
     # (cv2.getRotationMatrix2D with +30°) decreases the keypoint angle by 30°
     H = _similarity(30.0, 1.5, (200, 100))
     f = np.array([[200.0, 100.0, 4.0, 10.0], [50.0, 60.0, 8.0, 350.0]])
-    t = L.transfer_frames(f, H)
+    t = transfer_frames(f, H)
     np.testing.assert_allclose(t[:, 2], f[:, 2] * 1.5, rtol=1e-9)
     np.testing.assert_allclose(L._angle_diff(t[:, 3], (f[:, 3] - 30.0) % 360), 0.0, atol=1e-9)
     np.testing.assert_allclose(t[0, :2], [200.0, 100.0], atol=1e-9)
@@ -57,7 +58,7 @@ def test_transferred_frames_agree_with_dog_on_real_rotation(astronaut):
     H = _similarity(40.0, 0.8, (256, 256))
     warped = cv2.warpPerspective(gray, H, (512, 512), flags=cv2.INTER_LINEAR)
     f0 = L.dog_frames(gray, 300, 0.005, unique=True)
-    t1 = L.transfer_frames(f0, H)
+    t1 = transfer_frames(f0, H)
     inside = (t1[:, 0] > 20) & (t1[:, 0] < 492) & (t1[:, 1] > 20) & (t1[:, 1] < 492)
     det1 = L.dog_frames(warped, 3000, 0.005, unique=False)
     frames, matched = L.view1_frames(t1[inside], det1, dict(L.DEFAULT_CONF["frames"]), np.random.default_rng(0))
@@ -75,7 +76,7 @@ def test_patch_backbone_invariant_to_rotation_and_scale_given_frames(astronaut):
     H = _similarity(75.0, 1.3, (256, 256), shift=(40.0, -20.0))
     warped = cv2.warpPerspective(astronaut, H, (700, 700), flags=cv2.INTER_LINEAR)
     f0 = L.dog_frames(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY), 200, 0.01, unique=True)
-    t1 = L.transfer_frames(f0, H).astype(np.float32)
+    t1 = transfer_frames(f0, H).astype(np.float32)
     ok = (t1[:, :2] > 40).all(1) & (t1[:, :2] < 660).all(1) & (f0[:, :2] > 30).all(1) & (f0[:, :2] < 482).all(1)
     f0, t1 = f0[ok], t1[ok]
     im0 = torch.from_numpy(astronaut).permute(2, 0, 1).float() / 255
@@ -128,7 +129,7 @@ def test_prepare_frames_follow_the_homography(pairs):
     k0, k1 = out["kpts0"].numpy()[m], out["kpts1"].numpy()[m]
     err = np.linalg.norm(warp_points(k0[:, :2].astype(np.float64), out["H_0to1"].numpy()) - k1[:, :2], axis=1)
     assert (err <= conf["loss"].get("frames", {}).get("match_px", 2.0) + 1e-3).all()
-    true = L.transfer_frames(k0, out["H_0to1"].numpy().astype(np.float64))
+    true = transfer_frames(k0, out["H_0to1"].numpy().astype(np.float64))
     # real DoG detections on a perspective-warped, stylized crop: orientations follow the
     # homography up to detector noise (a random orientation would give a median of 90°)
     err = L._angle_diff(true[:, 3], k1[:, 3])
@@ -157,13 +158,11 @@ def test_loss_trains_patch_backbone_and_rejects_positions_only(pairs):
 
 def test_extractor_patch_backbone(astronaut, tmp_path):
     from hndesc_features.extractors.hndesc import HNDesc
-    from hndesc_features.models.checkpoints import build_model
+    from hndesc_features.models.checkpoints import build_model, export_weights
 
     torch.manual_seed(0)
-    path = tmp_path / "hndesc_patch.pt"
     net = build_model("hndesc_patch", {"width": 8})
-    torch.save({"format": "hndesc_features.weights/1", "arch": "hndesc_patch", "conf": dict(net.conf),
-                "state_dict": net.state_dict(), "meta": {}}, path)
+    path = export_weights(tmp_path / "hndesc_patch.pt", "hndesc_patch", dict(net.conf), net.state_dict())
     model = HNDesc({"backbone": "patch", "weights": str(path), "max_keypoints": 300})
     img = torch.from_numpy(astronaut).permute(2, 0, 1).float()[None] / 255
     out = model({"image": img})

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hndesc_features.base_model import BaseModel
-from hndesc_features.handcrafted import detect_sift, to_gray_u8
+from hndesc_features.handcrafted import detect_sift, keypoint_frames, to_gray_u8
 from hndesc_features.models.hndesc_caps import HNDescCAPS, load_state, state_dict_of
 from hndesc_features.models.hndesc_patch import HNDescPatch
 from hndesc_features.models.hndesc_r2d2 import HNDescR2D2
@@ -30,7 +30,6 @@ from hndesc_features.models.sampling import sample_descriptors
 BACKBONES = {"small": HNDescSmall, "patch": HNDescPatch, "caps": HNDescCAPS, "r2d2": HNDescR2D2}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS = {"small": WEIGHTS_DIR / "hndesc_small.pt", "patch": WEIGHTS_DIR / "hndesc_patch.pt"}
-TRAIN_CONF = {"small": "hndesc_small", "patch": "hndesc_patch"}
 RELEASED = "https://github.com/imelekhov/HNDesc (README: 'The pretrained models are available here')"
 
 
@@ -50,8 +49,8 @@ def resolve_weights(backbone: str, weights) -> Path:
         if not path.is_file():
             raise FileNotFoundError(
                 f"HNDesc weights not found at {path}. They are produced by training: "
-                f"`python -m training.train {TRAIN_CONF[backbone]} --output runs/{TRAIN_CONF[backbone]}` "
-                f"(from the repository root), then copy runs/{TRAIN_CONF[backbone]}/{TRAIN_CONF[backbone]}.pt "
+                f"`python -m training.train {path.stem} --output runs/{path.stem}` "
+                f"(from the repository root), then copy runs/{path.stem}/{path.name} "
                 "there; or pass model.weights=<path to a checkpoint>.")
         return path
     path = Path(weights).expanduser()
@@ -120,8 +119,7 @@ class HNDesc(BaseModel):
         if self.patch_based:  # orientation duplicates kept: each gets its own rotated patch, as in SIFT
             feats = detect_sift(to_gray_u8(img), self.conf["max_keypoints"], self.conf["contrast_threshold"],
                                 compute=False)
-            frames = np.concatenate([feats["keypoints"], feats["scales"][:, None], feats["oris"][:, None]], 1)
-            return frames.astype(np.float32), feats["scores"]
+            return keypoint_frames(feats), feats["scores"]
         # upright=True merges the orientation duplicates of a DoG point: HNDesc descriptors do not
         # depend on orientation, so duplicates would be identical and break mutual matching
         feats = detect_sift(to_gray_u8(img), self.conf["max_keypoints"], self.conf["contrast_threshold"],

@@ -97,6 +97,29 @@ def warp_points(points, H):
     return out[..., :2] / out[..., 2:]
 
 
+def homography_jacobian(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """N×2×2 Jacobians of x ↦ H(x) at the points (pixel coordinates)."""
+    pts = np.asarray(pts, np.float64).reshape(-1, 2)
+    ph = np.concatenate([pts, np.ones((len(pts), 1))], 1) @ H.T
+    w = ph[:, 2:3]
+    q = ph[:, :2] / w
+    J = H[None, :2, :2] - q[:, :, None] * H[None, 2:3, :2]
+    return J / w[:, :, None]
+
+
+def transfer_frames(frames: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Keypoint frames N×4 (x, y, size, angle°) seen through H: position warped, orientation
+    turned and size scaled by the local affine part of H."""
+    frames = np.asarray(frames, np.float64).reshape(-1, 4)
+    xy = warp_points(frames[:, :2], H)
+    J = homography_jacobian(H, frames[:, :2])
+    th = np.deg2rad(frames[:, 3])
+    u = np.einsum("nij,nj->ni", J, np.stack([np.cos(th), np.sin(th)], -1))
+    ang = np.rad2deg(np.arctan2(u[:, 1], u[:, 0])) % 360.0
+    size = frames[:, 2] * np.sqrt(np.abs(np.linalg.det(J)))
+    return np.concatenate([xy, size[:, None], ang[:, None]], 1)
+
+
 def inside(points, hw: Sequence[int], margin: float = 0.0):
     """Boolean mask of points within [margin, W-1-margin]×[margin, H-1-margin]."""
     h, w = hw

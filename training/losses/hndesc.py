@@ -468,31 +468,6 @@ def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
     return warp_image(t, np.asarray(sample["A1"], np.float64), sample["view1"].shape[-2:])
 
 
-def homography_jacobian(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """N×2×2 Jacobians of x ↦ H(x) at the points (pixel coordinates)."""
-    pts = np.asarray(pts, np.float64).reshape(-1, 2)
-    ph = np.concatenate([pts, np.ones((len(pts), 1))], 1) @ H.T
-    w = ph[:, 2:3]
-    q = ph[:, :2] / w
-    J = H[None, :2, :2] - q[:, :, None] * H[None, 2:3, :2]
-    return J / w[:, :, None]
-
-
-def transfer_frames(frames: np.ndarray, H: np.ndarray) -> np.ndarray:
-    """Keypoint frames N×4 (x, y, size, angle°) seen through H: position warped, orientation
-    turned and size scaled by the local affine part of H."""
-    from ..geometry.homography import warp_points
-
-    frames = np.asarray(frames, np.float64).reshape(-1, 4)
-    xy = warp_points(frames[:, :2], H)
-    J = homography_jacobian(H, frames[:, :2])
-    th = np.deg2rad(frames[:, 3])
-    u = np.einsum("nij,nj->ni", J, np.stack([np.cos(th), np.sin(th)], -1))
-    ang = np.rad2deg(np.arctan2(u[:, 1], u[:, 0])) % 360.0
-    size = frames[:, 2] * np.sqrt(np.abs(np.linalg.det(J)))
-    return np.concatenate([xy, size[:, None], ang[:, None]], 1)
-
-
 def _angle_diff(a, b):
     d = np.abs(np.asarray(a) - np.asarray(b)) % 360.0
     return np.minimum(d, 360.0 - d)
@@ -520,6 +495,18 @@ def view1_frames(true1: np.ndarray, detected1: np.ndarray, fconf: dict,
     return out.astype(np.float32), matched
 
 
+def _visible(p0: np.ndarray, p1: np.ndarray, valid0, valid1, hw) -> np.ndarray:
+    """Points whose rounded positions lie inside both views and on valid (in-image) pixels."""
+    h, w = hw
+    valid0 = np.ones((h, w), bool) if valid0 is None else np.asarray(valid0, bool)
+    valid1 = np.ones((h, w), bool) if valid1 is None else np.asarray(valid1, bool)
+    r0, r1 = np.round(p0).astype(int), np.round(p1).astype(int)
+    ok = (r0[:, 0] >= 0) & (r0[:, 0] < w) & (r0[:, 1] >= 0) & (r0[:, 1] < h)
+    ok &= (r1[:, 0] >= 0) & (r1[:, 0] < w) & (r1[:, 1] >= 0) & (r1[:, 1] < h)
+    ok[ok] &= valid0[r0[ok, 1], r0[ok, 0]] & valid1[r1[ok, 1], r1[ok, 0]]
+    return ok
+
+
 def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
                rng: np.random.Generator, view1: Optional[torch.Tensor] = None,
                fconf: Optional[dict] = None, scale_factor: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
@@ -533,16 +520,10 @@ def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
         return _frame_keypoints(view0, view1, H, valid0, valid1, kconf, fconf, rng, scale_factor)
 
     h, w = view0.shape[-2:]
-    valid0 = np.ones((h, w), bool) if valid0 is None else np.asarray(valid0, bool)
-    valid1 = np.ones((h, w), bool) if valid1 is None else np.asarray(valid1, bool)
 
     def visible(p0):
         p1 = warp_points(p0.astype(np.float64), H)
-        r0, r1 = np.round(p0).astype(int), np.round(p1).astype(int)
-        ok = (r0[:, 0] >= 0) & (r0[:, 0] < w) & (r0[:, 1] >= 0) & (r0[:, 1] < h)
-        ok &= (r1[:, 0] >= 0) & (r1[:, 0] < w) & (r1[:, 1] >= 0) & (r1[:, 1] < h)
-        ok[ok] &= valid0[r0[ok, 1], r0[ok, 0]] & valid1[r1[ok, 1], r1[ok, 0]]
-        return p1, ok
+        return p1, _visible(p0, p1, valid0, valid1, (h, w))
 
     kp = dog_keypoints(cv2_gray(view0), 4 * int(kconf["max"]), float(kconf["contrast_threshold"]))
     kp1, ok = visible(kp.reshape(-1, 2))
@@ -557,18 +538,15 @@ def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
 
 
 def _frame_keypoints(view0, view1, H, valid0, valid1, kconf, fconf, rng, scale_factor):
+    from ..geometry.homography import transfer_frames
+
     h, w = view0.shape[-2:]
-    valid0 = np.ones((h, w), bool) if valid0 is None else np.asarray(valid0, bool)
-    valid1 = np.ones((h, w), bool) if valid1 is None else np.asarray(valid1, bool)
     n = int(kconf["max"])
     ct = float(kconf["contrast_threshold"])
     f0 = dog_frames(cv2_gray(view0), 4 * n, ct, unique=True).astype(np.float64)
     f0 = f0[scale_factor * f0[:, 2] <= float(fconf["max_extent"]) * min(h, w)]
     f1 = transfer_frames(f0, H)
-    r0, r1 = np.round(f0[:, :2]).astype(int), np.round(f1[:, :2]).astype(int)
-    ok = (r0[:, 0] >= 0) & (r0[:, 0] < w) & (r0[:, 1] >= 0) & (r0[:, 1] < h)
-    ok &= (r1[:, 0] >= 0) & (r1[:, 0] < w) & (r1[:, 1] >= 0) & (r1[:, 1] < h)
-    ok[ok] &= valid0[r0[ok, 1], r0[ok, 0]] & valid1[r1[ok, 1], r1[ok, 0]]
+    ok = _visible(f0[:, :2], f1[:, :2], valid0, valid1, (h, w))
     f0, f1 = f0[ok][:n], f1[ok][:n]
     det1 = (dog_frames(cv2_gray(view1), 8 * n, ct, unique=False) if view1 is not None and fconf.get("detect", True)
             else np.zeros((0, 4)))
@@ -577,36 +555,25 @@ def _frame_keypoints(view0, view1, H, valid0, valid1, kconf, fconf, rng, scale_f
 
 
 def dog_frames(gray: np.ndarray, n: int, contrast_threshold: float = 0.005, unique: bool = False) -> np.ndarray:
-    """OpenCV DoG keypoint frames N×4 (x, y, size, angle°), strongest first. ``unique`` keeps one
-    orientation per location (the strongest) — for training anchors, whose duplicates would be
-    false negatives of each other; extraction keeps them all, as SIFT does."""
-    import cv2
+    """OpenCV DoG keypoint frames N×4 (x, y, size, angle°), strongest first (the detector of the
+    extractors: ``handcrafted.detect_sift``). ``unique`` keeps one orientation per location (the
+    strongest) — for training anchors, whose duplicates would be false negatives of each other;
+    extraction keeps them all, as SIFT does."""
+    from hndesc_features.handcrafted import detect_sift, keypoint_frames
 
-    kps = cv2.SIFT_create(nfeatures=0, contrastThreshold=contrast_threshold).detect(gray, None)
+    f = keypoint_frames(detect_sift(gray, -1, contrast_threshold, compute=False))
     if unique:
-        best: dict = {}
-        for k in kps:
-            key = (round(k.pt[0], 2), round(k.pt[1], 2))
-            if key not in best or k.response > best[key].response:
-                best[key] = k
-        kps = list(best.values())
-    kps = sorted(kps, key=lambda k: -k.response)[:n]
-    return np.array([(k.pt[0], k.pt[1], k.size, k.angle) for k in kps], np.float32).reshape(-1, 4)
+        first: dict = {}
+        for i, (x, y) in enumerate(f[:, :2].tolist()):
+            first.setdefault((round(x, 2), round(y, 2)), i)
+        f = f[sorted(first.values())]
+    return f[:n]
 
 
 def dog_keypoints(gray: np.ndarray, n: int, contrast_threshold: float = 0.005) -> np.ndarray:
     """OpenCV DoG (SIFT detector) locations, one per position (orientation duplicates merged),
     strongest first → N×2 float32. Duplicated locations would be false "negatives" of each other."""
-    import cv2
-
-    kps = cv2.SIFT_create(nfeatures=0, contrastThreshold=contrast_threshold).detect(gray, None)
-    best: dict = {}
-    for k in kps:
-        key = (round(k.pt[0], 2), round(k.pt[1], 2))
-        if key not in best or k.response > best[key][2]:
-            best[key] = (k.pt[0], k.pt[1], k.response)
-    pts = sorted(best.values(), key=lambda t: -t[2])[:n]
-    return np.array([p[:2] for p in pts], np.float32).reshape(-1, 2)
+    return np.ascontiguousarray(dog_frames(gray, n, contrast_threshold, unique=True)[:, :2])
 
 
 def cv2_gray(t: torch.Tensor) -> np.ndarray:
