@@ -29,8 +29,10 @@ from ..geometry.homography import warp_points
 
 DEFAULT_CONF = {
     "type": "triplet",  # "triplet" (hinge, hardest in-batch negative) | "infonce" (softmax over the other view)
+    #                     | "mutual" (soft mutual NN over all keypoints of the pair, training/losses/mutual.py)
     "margin": 1.0,
-    "temperature": 0.05,  # infonce
+    "temperature": 0.05,  # infonce, mutual
+    "unmatched_weight": 1.0,  # mutual: weight of the keypoints without a correspondence
     "aux_h_weight": 0.0,  # the same loss on the CNN part h alone (deep supervision of the CNN)
     "gor_weight": 0.0,  # global orthogonal regularisation (spread-out descriptors, Zhang et al. 2017)
     "train_keypoints": 512,  # per view (top by detector score)
@@ -164,6 +166,8 @@ class Loss(nn.Module):
         out = model(data)
         desc, h = (out["descriptors"], out["h"]) if isinstance(out, dict) else (out, None)
         m = batch["matches"]
+        if self.conf["type"] == "mutual":
+            return self._mutual(desc, batch)
         b, i = torch.nonzero(m >= 0, as_tuple=True)
         j = m[b, i]
         if len(b) == 0:
@@ -181,6 +185,15 @@ class Loss(nn.Module):
             loss = loss + float(self.conf["aux_h_weight"]) * la
             logs["loss_h"] = la.detach()
         return loss, logs
+
+    def _mutual(self, desc, batch):
+        from .mutual import mutual_nn_loss
+
+        B = batch["kp0"].shape[0]
+        r = float(self.conf["neg_radius"])
+        near = torch.cdist(batch["kp0_in1"], batch["kp1"]) < r
+        return mutual_nn_loss(desc[:B], desc[B:], batch["matches"], batch["mask0"], batch["mask1"], near,
+                              float(self.conf["temperature"]), float(self.conf["unmatched_weight"]))
 
     def _loss(self, desc, B, N, b, i, j, excl1, excl0, batch, same):
         d0, d1 = desc[:B], desc[B:]
