@@ -226,3 +226,42 @@ def test_gd_and_selfgd_mining_with_frames(pairs, tmp_path):
         batch = L.collate([L.prepare(p, conf) for p in pairs])
         loss, logs = L.Loss(conf["loss"])(model, batch)
         assert torch.isfinite(loss) and logs["extra_negs"] > 0, mining
+
+
+def test_mutual_term_sets_and_loss(pairs):
+    """loss.mutual: each view's own DoG frames with their ground truth; the term joins the AP loss."""
+    from hndesc_features.models.checkpoints import build_model
+
+    conf = _conf()
+    conf["loss"]["mutual"] = {"weight": 1.0, "keypoints": 64}
+    out = L.prepare(pairs[2], conf)
+    H = out["H_0to1"].numpy().astype(np.float64)
+    v0, v1, m = out["m_valid0"].numpy(), out["m_valid1"].numpy(), out["m_matches"].numpy()
+    f0, f1 = out["m_frames0"].numpy(), out["m_frames1"].numpy()
+    assert v0.sum() > 20 and v1.sum() > 20
+    has = m >= 0
+    assert 5 <= has.sum() < v0.sum()  # real pair: keypoints with and without a correspondence
+    t0 = transfer_frames(f0[has].astype(np.float64), H)
+    assert (np.linalg.norm(t0[:, :2] - f1[m[has], :2], axis=1) <= 3.0 + 1e-3).all()
+    assert (L._angle_diff(t0[:, 3], f1[m[has], 3]) <= 30.0 + 1e-3).all()
+    assert len(set(m[has].tolist())) == has.sum()  # one-to-one
+    near = out["m_near"].numpy()
+    assert near[has, m[has]].all() and not near[~v0].any() and not near[:, ~v1].any()
+    # view 1's frames are its own detections: some lie nowhere near a view-0 keypoint's true position
+    assert (~near.any(0) & v1).sum() > 0
+    plain = dict(conf, loss={k: v for k, v in conf["loss"].items() if k != "mutual"})
+    assert "m_frames0" not in L.prepare(pairs[2], plain)
+
+    torch.manual_seed(0)
+    batch = L.collate([L.prepare(p, conf) for p in pairs])
+    model = build_model("hndesc_patch", conf["model"])
+    loss, logs = L.Loss(conf["loss"])(model, batch)
+    assert {"mutual", "mnn_precision", "mnn_matches"} <= set(logs) and 0 <= float(logs["mnn_precision"]) <= 1
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    # the term is added to the AP loss (eval mode: batch-norm statistics do not mix the two sets)
+    model.eval()
+    with torch.no_grad():
+        total, logs = L.Loss(conf["loss"])(model, batch)
+        base, _ = L.Loss(plain["loss"])(model, {k: v for k, v in batch.items() if not k.startswith("m_")})
+    assert total.item() == pytest.approx(base.item() + float(logs["mutual"]), rel=1e-4, abs=1e-4)

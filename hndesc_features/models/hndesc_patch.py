@@ -68,6 +68,8 @@ class HNDescPatch(nn.Module):
             return patches.new_zeros((0, self.descriptor_dim))
         x = patches - patches.mean(dim=(2, 3), keepdim=True)
         x = x / (x.flatten(1).std(dim=1).view(-1, 1, 1, 1) + float(self.conf["norm_eps"]))
+        # channels-last: ~1.5x faster convolutions (forward and backward) on CPU
+        x = x.contiguous(memory_format=torch.channels_last)
         return F.normalize(self.features(x).flatten(1), p=2, dim=1)
 
     def patches(self, image: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:

@@ -387,6 +387,13 @@ DEFAULT_CONF = {
     # (scale_factor × size) exceeds max_extent × the crop side are dropped.
     "frames": {"enable": False, "detect": True, "match_px": 2.0, "max_scale_ratio": 1.5, "angle_jitter": 8.0,
                "scale_jitter": 0.1, "max_extent": 0.5},
+    # auxiliary mutual-NN term (training/losses/mutual.py; not in the paper): the top `keypoints`
+    # DoG frames of *each* view, correspondences and keypoints without one included, scored as a
+    # mutual-NN matcher sees them; added to the AP/triplet loss with `weight` (0: off). GT pairs:
+    # mutual nearest within match_px of the true position, scale within max_scale_ratio and
+    # orientation within max_angle of the true frame; `radius`: never penalise pairs this close.
+    "mutual": {"weight": 0.0, "keypoints": 128, "temperature": 0.05, "unmatched_weight": 4.0,
+               "match_px": 3.0, "max_scale_ratio": 1.5, "max_angle": 30.0, "radius": 8.0},
 }
 
 _CACHE: dict = {}  # per-process caches (stylizer, augmentation)
@@ -554,6 +561,50 @@ def _frame_keypoints(view0, view1, H, valid0, valid1, kconf, fconf, rng, scale_f
     return f0.astype(np.float32), f1.astype(np.float32)
 
 
+def _in_valid(frames: np.ndarray, valid, hw) -> np.ndarray:
+    h, w = hw
+    valid = np.ones((h, w), bool) if valid is None else np.asarray(valid, bool)
+    r = np.round(frames[:, :2]).astype(int)
+    ok = (r[:, 0] >= 0) & (r[:, 0] < w) & (r[:, 1] >= 0) & (r[:, 1] < h)
+    ok[ok] &= valid[r[ok, 1], r[ok, 0]]
+    return ok
+
+
+def mutual_sets(view0: torch.Tensor, view1: torch.Tensor, H: np.ndarray, valid0, valid1, mconf: dict,
+                contrast_threshold: float = 0.005) -> dict:
+    """Every view's top DoG frames (one per location) and their ground truth, padded to
+    ``mconf["keypoints"]``: frames0/1 n×4, valid0/1 n, matches n (index in view 1, -1: none),
+    near n×n (view-1 frame within ``radius`` px of the true position of the view-0 frame)."""
+    from ..geometry.homography import transfer_frames
+
+    n = int(mconf["keypoints"])
+    hw = view0.shape[-2:]
+    f = []
+    for view, valid in ((view0, valid0), (view1, valid1)):
+        fr = dog_frames(cv2_gray(view), 4 * n, contrast_threshold, unique=True).astype(np.float64)
+        f.append(fr[_in_valid(fr, valid, hw)][:n])
+    f0, f1 = f
+    out = {"matches": -np.ones(n, np.int64), "near": np.zeros((n, n), bool)}
+    if len(f0) and len(f1):
+        t0 = transfer_frames(f0, H)
+        d = np.linalg.norm(t0[:, None, :2] - f1[None, :, :2], axis=-1)
+        out["near"][: len(f0), : len(f1)] = d < float(mconf["radius"])
+        ratio = np.abs(np.log(np.maximum(f1[None, :, 2], 1e-6) / np.maximum(t0[:, None, 2], 1e-6)))
+        ok = (ratio <= np.log(float(mconf["max_scale_ratio"])))
+        ok &= _angle_diff(t0[:, None, 3], f1[None, :, 3]) <= float(mconf["max_angle"])
+        d = np.where(ok, d, np.inf)
+        nn01, nn10 = d.argmin(1), d.argmin(0)
+        i = np.arange(len(f0))
+        good = (nn10[nn01] == i) & (d[i, nn01] <= float(mconf["match_px"]))
+        out["matches"][: len(f0)][good] = nn01[good]
+    for v, fr in (("0", f0), ("1", f1)):
+        pad = np.zeros((n, 4), np.float32)
+        pad[: len(fr)] = fr
+        out["frames" + v] = pad
+        out["valid" + v] = np.arange(n) < len(fr)
+    return out
+
+
 def dog_frames(gray: np.ndarray, n: int, contrast_threshold: float = 0.005, unique: bool = False) -> np.ndarray:
     """OpenCV DoG keypoint frames N×4 (x, y, size, angle°), strongest first (the detector of the
     extractors: ``handcrafted.detect_sift``). ``unique`` keeps one orientation per location (the
@@ -592,7 +643,7 @@ def prepare(sample: dict, conf: dict) -> dict:
     lc = _conf(conf.get("loss"))
     rng = np.random.default_rng([int(sample.get("seed", 0)) & 0xFFFFFFFF, 4242])
     H = np.asarray(sample["H_0to1"], np.float64)
-    view1 = _stylize_view1(sample, lc["stylize"], rng)
+    view1 = view1_raw = _stylize_view1(sample, lc["stylize"], rng)
     scale_factor = float((conf.get("model") or {}).get("scale_factor", 6.0))
     kp0, kp1 = _keypoints(sample["view0"], H, sample.get("valid0"), sample.get("valid1"), lc["keypoints"], rng,
                           view1=view1, fconf=lc["frames"], scale_factor=scale_factor)
@@ -609,10 +660,15 @@ def prepare(sample: dict, conf: dict) -> dict:
     mask = np.zeros(n, bool)
     m = min(n, len(kp0))
     k0[:m], k1[:m], mask[:m] = kp0[:m], kp1[:m], True
-    return {"view0": view0.contiguous(), "view1": view1.contiguous(), "kpts0": torch.from_numpy(k0),
-            "kpts1": torch.from_numpy(k1), "kmask": torch.from_numpy(mask),
-            "H_0to1": torch.as_tensor(H, dtype=torch.float32), "name": str(sample.get("name", "")),
-            "seed": int(sample.get("seed", 0))}
+    out = {"view0": view0.contiguous(), "view1": view1.contiguous(), "kpts0": torch.from_numpy(k0),
+           "kpts1": torch.from_numpy(k1), "kmask": torch.from_numpy(mask),
+           "H_0to1": torch.as_tensor(H, dtype=torch.float32), "name": str(sample.get("name", "")),
+           "seed": int(sample.get("seed", 0))}
+    if float(lc["mutual"]["weight"]) > 0:  # frames found on the views before colour augmentation, as kp0/kp1
+        ms = mutual_sets(sample["view0"], view1_raw, H, sample.get("valid0"), sample.get("valid1"), lc["mutual"],
+                         float(lc["keypoints"]["contrast_threshold"]))
+        out.update({"m_" + k: torch.from_numpy(v) for k, v in ms.items()})
+    return out
 
 
 def collate(samples: list) -> dict:
@@ -753,6 +809,11 @@ class Loss(nn.Module):
         B, N = batch["kmask"].shape
         mask = batch["kmask"]
         images, kpts = [v0, v1], [batch["kpts0"], batch["kpts1"]]
+        mutual = "m_frames0" in batch
+        if mutual:  # the mutual-NN sets ride along in the same model call (DDP)
+            c = kpts[0].shape[-1]
+            kpts = [torch.cat([kpts[0], batch["m_frames0"][..., :c]], 1),
+                    torch.cat([kpts[1], batch["m_frames1"][..., :c]], 1)]
         neg = None
         if self.conf["mining"] in ("gd", "selfgd"):
             # crops of the views' size, so that everything goes through ONE model forward (DDP)
@@ -760,7 +821,7 @@ class Loss(nn.Module):
             if neg is not None:
                 x, kp, m = (t.to(v0.device) for t in neg)
                 images.append(x)
-                n = max(N, kp.shape[1])
+                n = max(kpts[0].shape[1], kp.shape[1])
                 pad = lambda t: F.pad(t, (0, 0, 0, n - t.shape[1]))  # noqa: E731
                 kpts = [pad(k) for k in kpts] + [pad(kp)]
         d = describe(model, torch.cat(images), torch.cat(kpts))
@@ -775,9 +836,21 @@ class Loss(nn.Module):
         out = self.criterion(anchors, positives, pair_ids, extra, exclude)
         logs = {"ap": out["ap"], "kpts": float(mask.sum()) / B,
                 "pos_sim": (anchors * positives).sum(-1).mean().detach()}
+        loss = out["loss"]
+        if mutual:
+            from .mutual import mutual_nn_loss
+
+            mc = self.conf["mutual"]
+            nm = batch["m_frames0"].shape[1]
+            lm, ml = mutual_nn_loss(d[:B, N:N + nm], d[B:2 * B, N:N + nm], batch["m_matches"], batch["m_valid0"],
+                                    batch["m_valid1"], batch["m_near"], float(mc["temperature"]),
+                                    float(mc["unmatched_weight"]))
+            loss = loss + float(mc["weight"]) * lm
+            logs.update({"mutual": lm.detach(), "mnn_precision": ml["mnn_precision"],
+                         "mnn_matches": ml["mnn_matches"], "m_pos": ml["n_pos"]})
         if self.conf["mining"] in ("gd", "selfgd"):
             logs["extra_negs"] = float(0 if extra is None else extra.shape[0])
-        return out["loss"], logs
+        return loss, logs
 
 
 @torch.no_grad()
