@@ -225,6 +225,37 @@ def test_weak_bags_dataset_on_real_photos(photo_dir):
     assert batch["anchor"].shape[0] == batch["anchor_sizes"].sum()
 
 
+def test_weak_bags_correspondences_and_mutual_term(photo_dir):
+    """data.correspondences: the bags' keypoint frames and the anchor→positive homography of a
+    synthetic group; ORB keypoints of the anchor, moved by it, land on the positive's keypoints;
+    loss.mutual uses them (and asks for them when they are missing)."""
+    from training.datasets.weak import WeakBags, collate_triplets
+    from training.losses.wlrn import Loss
+
+    conf = {"layout": "synthetic", "root": str(photo_dir), "n_orb": 64, "n_sift": 0, "views": 2, "rounds": 1,
+            "num_negatives": 2, "max_negative_bag": 16, "resize_max": 320, "correspondences": True,
+            "homography": {"max_angle": 20, "scale": [0.8, 1.0], "perspective": 0.05}}
+    ds = WeakBags(conf)
+    item = ds[(0, 0)]
+    assert item["anchor_frames"].shape == (item["anchor"].shape[0], 4)
+    assert item["positive_frames"].shape == (item["positive"].shape[0], 4)
+    H = item["H_ap"].numpy()
+    fa, fp = item["anchor_frames"].numpy(), item["positive_frames"].numpy()
+    p = np.concatenate([fa[:, :2], np.ones((len(fa), 1))], 1) @ H.T
+    d = np.linalg.norm(p[:, None, :2] / p[:, None, 2:] - fp[None, :, :2], axis=-1).min(1)
+    assert (d < 2).mean() > 0.3  # repeatable ORB keypoints (a wrong H would give ~0)
+    batch = collate_triplets([ds[(i, 0)] for i in range(len(ds))])
+    torch.manual_seed(0)
+    net = WLRNet({"init": "he"})
+    loss, logs = Loss({"mutual": {"weight": 1.0}})(net, batch)
+    assert logs["mutual"] > 0 and 0 <= logs["mnn_precision"] <= 1 and logs["n_pos"] > 5
+    base, _ = Loss({})(net, batch)
+    assert loss.item() == pytest.approx(base.item() + logs["mutual"], rel=1e-4)
+    plain = collate_triplets([WeakBags({**conf, "correspondences": False})[(0, 0)]])
+    with pytest.raises(ValueError, match="correspondences"):
+        Loss({"mutual": {"weight": 1.0}})(net, plain)
+
+
 def test_tile_groups_and_sibling_negatives(tmp_path):
     """2×2 tiles of each photo are separate groups; `sibling_negatives` bags come from the photo's
     other tiles; the views of a tile only show that tile."""

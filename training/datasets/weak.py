@@ -195,14 +195,16 @@ def detect_bag_keypoints(gray: np.ndarray, n_orb: int, n_sift: int = 0) -> np.nd
 
 
 def bag_from_image(gray: np.ndarray, n_orb: int, n_sift: int = 0, patch_size: int = 32,
-                   scale_factor: float = 1.5, min_keypoints: int = 16) -> torch.Tensor | None:
-    """uint8 patches K×1×P×P around the image's keypoints (None when fewer than min_keypoints)."""
+                   scale_factor: float = 1.5, min_keypoints: int = 16, return_keypoints: bool = False):
+    """uint8 patches K×1×P×P around the image's keypoints (None when fewer than min_keypoints);
+    with return_keypoints, (patches, K×4 frames x, y, size, angle°)."""
     kp = detect_bag_keypoints(gray, n_orb, n_sift)
     if len(kp) < min_keypoints:
-        return None
+        return (None, kp) if return_keypoints else None
     p = extract_patches(torch.from_numpy(gray)[None].float(), kp[:, :2], kp[:, 2], kp[:, 3],
                         patch_size=patch_size, scale_factor=scale_factor, pyramid=True)
-    return p.round().clamp(0, 255).to(torch.uint8)
+    p = p.round().clamp(0, 255).to(torch.uint8)
+    return (p, kp) if return_keypoints else p
 
 
 def generate_triplets(labels: list[int], num_negatives: int, rng: np.random.Generator) -> list:
@@ -249,6 +251,9 @@ class WeakBags(BaseDataset):
         "num_negatives": 12,        # negative bags per triplet (reference: 12)
         "max_negative_bag": 0,      # random subset of each negative bag (compute budget); 0 = all
         "seed": 0,                  # seed of the synthetic views
+        # also return the anchor/positive keypoint frames and the homography between them
+        # (synthetic groups only; NaN for real groups): for the loss's auxiliary mutual-NN term
+        "correspondences": False,
     }
 
     def _init(self, conf):
@@ -270,6 +275,8 @@ class WeakBags(BaseDataset):
         self.siblings = [[q for q, h in enumerate(self.groups) if q != g and h.parent is not None
                           and h.parent == self.groups[g].parent] for g in range(len(self.groups))]
         self._bags: dict = {}
+        self._frames: dict = {}  # key → K×4 keypoint frames of the bag
+        self._homographies: dict = {}  # synthetic (g, v, rnd) → H view → source photo
         self._sources: dict = {}
         logger.info("weak bags (%s): %d groups (%d synthetic), %d positive pairs", conf["layout"],
                     len(self.groups), sum(g.synthetic for g in self.groups), len(self.pairs))
@@ -277,9 +284,11 @@ class WeakBags(BaseDataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _make_bag(self, gray: np.ndarray) -> torch.Tensor:
+    def _make_bag(self, gray: np.ndarray, key) -> torch.Tensor:
         c = self.conf
-        b = bag_from_image(gray, c["n_orb"], c["n_sift"], c["patch_size"], c["scale_factor"], min_keypoints=0)
+        b, kp = bag_from_image(gray, c["n_orb"], c["n_sift"], c["patch_size"], c["scale_factor"], min_keypoints=0,
+                               return_keypoints=True)
+        self._frames[key] = kp
         return b if b is not None else torch.zeros((0, 1, c["patch_size"], c["patch_size"]), dtype=torch.uint8)
 
     def bag(self, g: int, item: int, rnd: int) -> torch.Tensor:
@@ -288,7 +297,7 @@ class WeakBags(BaseDataset):
         if not group.synthetic:
             key = (g, item)
             if key not in self._bags:
-                self._bags[key] = self._make_bag(read_gray(group.images[item], self.conf["resize_max"]))
+                self._bags[key] = self._make_bag(read_gray(group.images[item], self.conf["resize_max"]), key)
             return self._bags[key]
         key = (g, item, rnd)
         if key not in self._bags:
@@ -301,9 +310,10 @@ class WeakBags(BaseDataset):
                 self._sources[g] = img
             rng = np.random.default_rng([int(self.conf["seed"]), g, rnd])
             for v in range(self.sizes[g]):  # all views of (group, round) at once: one rng stream
-                view, _ = synthetic_view(self._sources[g], rng, self.conf["homography"],
+                view, H = synthetic_view(self._sources[g], rng, self.conf["homography"],
                                          self.conf["photometric_strength"])
-                self._bags[(g, v, rnd)] = self._make_bag(view)
+                self._bags[(g, v, rnd)] = self._make_bag(view, (g, v, rnd))
+                self._homographies[(g, v, rnd)] = H
         return self._bags[key]
 
     def _subset(self, bag: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -326,12 +336,21 @@ class WeakBags(BaseDataset):
             else:
                 q = others[int(rng.integers(len(others)))]
             neg.append(self._subset(self.bag(q, int(rng.integers(self.sizes[q])), rnd), rng))
-        return {
+        out = {
             "anchor": self.bag(g, a, rnd),
             "positive": self.bag(g, b, rnd),
             "negatives": torch.cat(neg, 0),
             "negative_sizes": torch.tensor([n.shape[0] for n in neg], dtype=torch.long),
         }
+        if self.conf["correspondences"]:
+            ka, kb = ((g, a, rnd), (g, b, rnd)) if self.groups[g].synthetic else ((g, a), (g, b))
+            H = np.full((3, 3), np.nan)
+            if self.groups[g].synthetic:  # anchor view → photo → positive view
+                H = np.linalg.inv(self._homographies[kb]) @ self._homographies[ka]
+            out["anchor_frames"] = torch.from_numpy(self._frames[ka].reshape(-1, 4))
+            out["positive_frames"] = torch.from_numpy(self._frames[kb].reshape(-1, 4))
+            out["H_ap"] = torch.from_numpy(H)
+        return out
 
     @staticmethod
     def collate(batch: list[dict]) -> dict:
@@ -346,4 +365,8 @@ def collate_triplets(batch: list[dict]) -> dict:
         out[k + "_sizes"] = torch.tensor([b[k].shape[0] for b in batch], dtype=torch.long)
     out["negative_bag_sizes"] = torch.cat([b["negative_sizes"] for b in batch], 0)
     out["num_negative_bags"] = torch.tensor([b["negative_sizes"].numel() for b in batch], dtype=torch.long)
+    if "H_ap" in batch[0]:  # frames align with the anchor / positive bags
+        for k in ("anchor_frames", "positive_frames"):
+            out[k] = torch.cat([b[k] for b in batch], 0)
+        out["H_ap"] = torch.stack([b["H_ap"] for b in batch])
     return out

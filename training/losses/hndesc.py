@@ -575,7 +575,7 @@ def mutual_sets(view0: torch.Tensor, view1: torch.Tensor, H: np.ndarray, valid0,
     """Every view's top DoG frames (one per location) and their ground truth, padded to
     ``mconf["keypoints"]``: frames0/1 n×4, valid0/1 n, matches n (index in view 1, -1: none),
     near n×n (view-1 frame within ``radius`` px of the true position of the view-0 frame)."""
-    from ..geometry.homography import transfer_frames
+    from .mutual import frame_correspondences
 
     n = int(mconf["keypoints"])
     hw = view0.shape[-2:]
@@ -585,18 +585,9 @@ def mutual_sets(view0: torch.Tensor, view1: torch.Tensor, H: np.ndarray, valid0,
         f.append(fr[_in_valid(fr, valid, hw)][:n])
     f0, f1 = f
     out = {"matches": -np.ones(n, np.int64), "near": np.zeros((n, n), bool)}
-    if len(f0) and len(f1):
-        t0 = transfer_frames(f0, H)
-        d = np.linalg.norm(t0[:, None, :2] - f1[None, :, :2], axis=-1)
-        out["near"][: len(f0), : len(f1)] = d < float(mconf["radius"])
-        ratio = np.abs(np.log(np.maximum(f1[None, :, 2], 1e-6) / np.maximum(t0[:, None, 2], 1e-6)))
-        ok = (ratio <= np.log(float(mconf["max_scale_ratio"])))
-        ok &= _angle_diff(t0[:, None, 3], f1[None, :, 3]) <= float(mconf["max_angle"])
-        d = np.where(ok, d, np.inf)
-        nn01, nn10 = d.argmin(1), d.argmin(0)
-        i = np.arange(len(f0))
-        good = (nn10[nn01] == i) & (d[i, nn01] <= float(mconf["match_px"]))
-        out["matches"][: len(f0)][good] = nn01[good]
+    m, near = frame_correspondences(f0, f1, H, mconf)
+    out["matches"][: len(f0)] = m
+    out["near"][: len(f0), : len(f1)] = near
     for v, fr in (("0", f0), ("1", f1)):
         pad = np.zeros((n, 4), np.float32)
         pad[: len(fr)] = fr

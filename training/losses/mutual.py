@@ -21,7 +21,33 @@ penalised.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def frame_correspondences(f0: np.ndarray, f1: np.ndarray, H: np.ndarray, conf: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth between keypoint frames (x, y, size, angle°) of two views related by H (view 0 →
+    view 1): (matches n0: index in view 1 or -1, near n0×n1). A pair matches when each is the
+    other's nearest in transferred position, within ``match_px``, with the scale (``max_scale_ratio``)
+    and orientation (``max_angle``) the homography predicts; ``near``: within ``radius`` px."""
+    from ..geometry.homography import transfer_frames
+
+    matches = -np.ones(len(f0), np.int64)
+    near = np.zeros((len(f0), len(f1)), bool)
+    if len(f0) == 0 or len(f1) == 0:
+        return matches, near
+    t0 = transfer_frames(np.asarray(f0, np.float64), np.asarray(H, np.float64))
+    d = np.linalg.norm(t0[:, None, :2] - f1[None, :, :2], axis=-1)
+    near = d < float(conf["radius"])
+    ratio = np.abs(np.log(np.maximum(f1[None, :, 2], 1e-6) / np.maximum(t0[:, None, 2], 1e-6)))
+    dang = np.abs(t0[:, None, 3] - f1[None, :, 3]) % 360.0
+    ok = (ratio <= np.log(float(conf["max_scale_ratio"]))) & (np.minimum(dang, 360.0 - dang) <= float(conf["max_angle"]))
+    d = np.where(ok, d, np.inf)
+    nn01, nn10 = d.argmin(1), d.argmin(0)
+    i = np.arange(len(f0))
+    good = (nn10[nn01] == i) & (d[i, nn01] <= float(conf["match_px"]))
+    matches[good] = nn01[good]
+    return matches, near
 
 
 def mutual_nn_loss(d0: torch.Tensor, d1: torch.Tensor, matches: torch.Tensor, valid0: torch.Tensor,

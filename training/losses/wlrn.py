@@ -86,11 +86,18 @@ class Loss(nn.Module):
     """
 
     default_conf = {"mining": True, "threshold": THRESHOLD, "slope": None, "mining_batch": 4096,
-                    "center_init": False}
+                    "center_init": False,
+                    # auxiliary mutual-NN term (training/losses/mutual.py; not in the paper) on the
+                    # anchor/positive bags of synthetic-view groups, whose homography is known
+                    # (needs data.correspondences: true); 0: off
+                    "mutual": {"weight": 0.0, "temperature": 0.05, "unmatched_weight": 4.0, "match_px": 3.0,
+                               "max_scale_ratio": 1.5, "max_angle": 30.0, "radius": 8.0}}
 
     def __init__(self, conf: dict | None = None):
         super().__init__()
-        self.conf = {**self.default_conf, **{k: v for k, v in (conf or {}).items() if k != "name"}}
+        conf = {k: v for k, v in (conf or {}).items() if k != "name"}
+        self.conf = {**self.default_conf, **conf,
+                     "mutual": {**self.default_conf["mutual"], **(conf.get("mutual") or {})}}
         # set once the data-dependent initialisation ran (saved in the trainer's checkpoints)
         self.register_buffer("centered", torch.tensor(False))
 
@@ -137,7 +144,38 @@ class Loss(nn.Module):
         # `0 * d.sum()` keeps the loss in the graph when no triplet has keypoints
         loss = (torch.stack(losses).mean() if losses else d.new_ones(())) + 0.0 * d.sum()
         logs = {k: float(np.mean([s[k] for s in stats])) if stats else 0.0 for k in ("match_pos", "match_neg")}
+        if float(c["mutual"]["weight"]) > 0:
+            if "H_ap" not in batch:
+                raise ValueError("loss.mutual needs the bags' keypoints and homographies: set data.correspondences: true")
+            lm, ml = self._mutual(da.split(na), dp.split(npos), batch)
+            if lm is not None:
+                loss = loss + float(c["mutual"]["weight"]) * lm
+                logs.update({"mutual": float(lm.detach()), **{k: float(v) for k, v in ml.items()}})
         return loss, logs
+
+    def _mutual(self, das, dps, batch):
+        """Mean mutual-NN loss over the triplets whose anchor→positive homography is known."""
+        from .mutual import frame_correspondences, mutual_nn_loss
+
+        mc = self.conf["mutual"]
+        fa = batch["anchor_frames"].split([x.shape[0] for x in das])
+        fp = batch["positive_frames"].split([x.shape[0] for x in dps])
+        terms, logs = [], []
+        for a, p, f0, f1, H in zip(das, dps, fa, fp, batch["H_ap"]):
+            if not torch.isfinite(H).all() or a.shape[0] == 0 or p.shape[0] == 0:
+                continue
+            m, near = frame_correspondences(f0.numpy(), f1.numpy(), H.double().numpy(), mc)
+            ones0 = torch.ones(1, a.shape[0], dtype=torch.bool, device=a.device)
+            ones1 = torch.ones(1, p.shape[0], dtype=torch.bool, device=a.device)
+            lt, lg = mutual_nn_loss(a[None], p[None], torch.from_numpy(m)[None].to(a.device), ones0, ones1,
+                                    torch.from_numpy(near)[None].to(a.device), float(mc["temperature"]),
+                                    float(mc["unmatched_weight"]))
+            terms.append(lt)
+            logs.append(lg)
+        if not terms:
+            return None, {}
+        keys = ("mnn_precision", "mnn_matches", "n_pos")
+        return torch.stack(terms).mean(), {k: float(np.mean([float(g[k]) for g in logs])) for k in keys}
 
 
 def collate(batch: list[dict]) -> dict:
