@@ -361,6 +361,7 @@ def pick_negative_window(image_hw: tuple[int, int], keypoints: np.ndarray, crop,
 
 DEFAULT_CONF = {
     "loss": "ap",  # ap | triplet
+    "main_weight": 1.0,  # weight of the AP / triplet term (0 with mutual.weight > 0: the mutual term alone)
     "mining": "in_batch",  # in_pair | in_batch | gd | selfgd
     "in_batch_with_pair": False,
     # same-pair candidates whose view-1 position is closer than this (px) to the anchor's
@@ -827,7 +828,7 @@ class Loss(nn.Module):
         out = self.criterion(anchors, positives, pair_ids, extra, exclude)
         logs = {"ap": out["ap"], "kpts": float(mask.sum()) / B,
                 "pos_sim": (anchors * positives).sum(-1).mean().detach()}
-        loss = out["loss"]
+        loss = float(self.conf["main_weight"]) * out["loss"]
         if mutual:
             from .mutual import mutual_nn_loss
 
