@@ -158,9 +158,22 @@ def test_config_overrides_and_base(tmp_path):
 
 
 def test_shipped_train_configs_parse():
+    from hndesc_features.models.checkpoints import build_model
+    from training.losses.residual import Loss
+    from training.trainer import param_groups
+
     for cfg in sorted((REPO / "confs" / "train").glob("residual*.yaml")):
         conf = load_config(cfg)
         assert conf["model"]["name"] == "residual" and conf["loss"]["name"] == "residual"
+        # the optimiser's parameter groups build for every config (the "*" model has no MLP:
+        # its config drops the base's `mlp` group with null)
+        model = build_model("residual", {k: v for k, v in conf["model"].items() if k != "name"})
+        groups = param_groups(model, Loss(conf["loss"]), conf["train"]["lr"], conf["train"].get("lr_groups", {}))
+        n = sum(p.numel() for g in groups for p in g["params"])
+        assert n == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="no parameter name starts with 'mlp'"):
+        param_groups(build_model("residual", {"use_handcrafted": False, "cnn_dim": 256}), Loss({}), 1e-3,
+                     {"mlp": 1e-4})
 
 
 def test_plot_puts_counts_on_their_own_axis(tmp_path):

@@ -158,7 +158,9 @@ def lr_lambda(conf: dict, total: int):
 
 
 def param_groups(model, loss_fn, lr: float, lr_groups: dict) -> list[dict]:
-    """Adam parameter groups: one per `lr_groups` prefix (in order), the rest at `lr`."""
+    """Adam parameter groups: one per `lr_groups` prefix (in order), the rest at `lr`. A prefix
+    set to null is dropped (a derived config removing its base's group)."""
+    lr_groups = {k: v for k, v in (lr_groups or {}).items() if v is not None}
     groups = {prefix: [] for prefix in lr_groups}
     rest = []
     named = list(model.named_parameters()) + [(f"loss.{n}", p) for n, p in loss_fn.named_parameters()]
