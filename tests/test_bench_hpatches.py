@@ -234,3 +234,26 @@ def test_not_hpatches_layout_is_a_clear_error(tmp_path):
         hp.list_sequences(tmp_path)
     with pytest.raises(BenchmarkError, match="does not exist"):
         hp.list_sequences(tmp_path / "nope")
+
+
+def test_match_errors_bins_add_up_and_agree_with_mma(bench):
+    """benchmarks.match_errors on the same dev set: every match is correct or wrong in exactly one
+    bin, the pooled precision agrees with the MMA protocol's matches, and real wrong matches exist."""
+    from benchmarks import match_errors as me
+
+    out = bench["tmp"] / "errs" / "E.json"
+    res = me.main(["--dataset_dir", str(bench["root"]), "--conf", bench["conf"], "--max_keypoints", "4096",
+                   "--output", str(out)])[bench["conf"]]
+    mma = bench["res"][bench["conf"]]["mma_details"]["mean_num_matches"]
+    for split in ("i", "v"):
+        s = res[split]
+        assert s["matches"] == pytest.approx(s["correct"] + s["wrong_no_correspondence"]
+                                             + s["wrong_with_correspondence"])
+        assert s["matches"] == pytest.approx(mma[split], rel=1e-6)  # the same features, the same matcher
+        assert 0 < s["keypoints_with_correspondence"] and 0 < s["mma_pooled"] <= 1
+    assert sum(res[s]["wrong_no_correspondence"] for s in ("i", "v")) > 0
+    assert out.with_suffix(".md").read_text().count("|") > 10
+    # a pair of identical feature sets: every keypoint has a correspondence and every match is right
+    f = {"keypoints": np.array([[10.0, 10.0], [50.0, 40.0], [80.0, 20.0]]),
+         "descriptors": np.eye(3, dtype=np.float32)}
+    np.testing.assert_array_equal(me.pair_errors(f, f, np.eye(3)), [3, 3, 0, 0, 3])
