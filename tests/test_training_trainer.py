@@ -189,3 +189,12 @@ def test_plot_puts_counts_on_their_own_axis(tmp_path):
     assert count_keys(m["train"], ["loss", "ap", "kpts"]) == ["kpts"]
     out = plot_run(tmp_path)
     assert out == tmp_path / "curves.png" and out.stat().st_size > 10_000
+
+
+def test_overwrite_starts_the_logs_over(tmp_path):
+    out = tmp_path / "run"
+    run(tiny_conf(steps=3), out)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(tiny_conf(steps=3), out)
+    run(tiny_conf(steps=2), out, overwrite=True)
+    assert [s for s, _ in losses(out)] == [1, 2]  # only the new run's records

@@ -252,6 +252,11 @@ class Trainer:
         elif ckpt_path.exists() and not overwrite:
             raise FileExistsError(f"'{self.output}' already holds a run: pass --resume to continue it "
                                   f"or choose another --output")
+        elif overwrite and self.main:  # a fresh run in an old folder: its logs start over
+            import shutil
+
+            (self.output / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(self.output / "tb", ignore_errors=True)
         seed_everything(int(self.tc["seed"]) + self.rank)
 
         self.model = build_model(self.arch, _strip(conf["model"])).to(self.device)
