@@ -31,7 +31,7 @@ def val_series(run: Path, metric: str) -> tuple[list, list]:
 
 def markdown(series: dict, metric: str) -> str:
     steps = sorted({s for xs, _ in series.values() for s in xs})
-    lines = [f"| run | " + " | ".join(f"step {s}" for s in steps) + " | best |",
+    lines = ["| run | " + " | ".join(f"step {s}" for s in steps) + " | best |",
              "|---|" + "---|" * (len(steps) + 1)]
     for name, (xs, ys) in series.items():
         by = dict(zip(xs, ys))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hndesc_features.models.hndesc_patch import HNDescPatch
-from training.geometry.homography import homography_jacobian, transfer_frames
+from training.geometry.homography import angle_diff, homography_jacobian, transfer_frames
 from training.losses import hndesc as L
 
 torch.set_num_threads(1)
@@ -47,7 +47,7 @@ def test_transfer_frames_similarity():
     f = np.array([[200.0, 100.0, 4.0, 10.0], [50.0, 60.0, 8.0, 350.0]])
     t = transfer_frames(f, H)
     np.testing.assert_allclose(t[:, 2], f[:, 2] * 1.5, rtol=1e-9)
-    np.testing.assert_allclose(L._angle_diff(t[:, 3], (f[:, 3] - 30.0) % 360), 0.0, atol=1e-9)
+    np.testing.assert_allclose(angle_diff(t[:, 3], (f[:, 3] - 30.0) % 360), 0.0, atol=1e-9)
     np.testing.assert_allclose(t[0, :2], [200.0, 100.0], atol=1e-9)
 
 
@@ -63,7 +63,7 @@ def test_transferred_frames_agree_with_dog_on_real_rotation(astronaut):
     det1 = L.dog_frames(warped, 3000, 0.005, unique=False)
     frames, matched = L.view1_frames(t1[inside], det1, dict(L.DEFAULT_CONF["frames"]), np.random.default_rng(0))
     assert matched.mean() > 0.5
-    err = L._angle_diff(frames[matched, 3], t1[inside][matched, 3])
+    err = angle_diff(frames[matched, 3], t1[inside][matched, 3])
     assert np.median(err) < 5.0
     np.testing.assert_allclose(frames[~matched, :2], t1[inside][~matched, :2], atol=1e-3)
 
@@ -132,7 +132,7 @@ def test_prepare_frames_follow_the_homography(pairs):
     true = transfer_frames(k0, out["H_0to1"].numpy().astype(np.float64))
     # real DoG detections on a perspective-warped, stylized crop: orientations follow the
     # homography up to detector noise (a random orientation would give a median of 90°)
-    err = L._angle_diff(true[:, 3], k1[:, 3])
+    err = angle_diff(true[:, 3], k1[:, 3])
     assert np.median(err) < 25.0 and (err < 45.0).mean() > 0.7
     assert np.median(np.abs(np.log(k1[:, 2] / true[:, 2]))) < 0.2
     assert (6.0 * k0[:, 2] <= 0.5 * 128 + 1e-3).all()  # patches no larger than half the crop
@@ -243,7 +243,7 @@ def test_mutual_term_sets_and_loss(pairs):
     assert 5 <= has.sum() < v0.sum()  # real pair: keypoints with and without a correspondence
     t0 = transfer_frames(f0[has].astype(np.float64), H)
     assert (np.linalg.norm(t0[:, :2] - f1[m[has], :2], axis=1) <= 3.0 + 1e-3).all()
-    assert (L._angle_diff(t0[:, 3], f1[m[has], 3]) <= 30.0 + 1e-3).all()
+    assert (angle_diff(t0[:, 3], f1[m[has], 3]) <= 30.0 + 1e-3).all()
     assert len(set(m[has].tolist())) == has.sum()  # one-to-one
     near = out["m_near"].numpy()
     assert near[has, m[has]].all() and not near[~v0].any() and not near[:, ~v1].any()

@@ -291,15 +291,18 @@ class WeakBags(BaseDataset):
         self._frames[key] = kp
         return b if b is not None else torch.zeros((0, 1, c["patch_size"], c["patch_size"]), dtype=torch.uint8)
 
+    def _key(self, g: int, item: int, rnd: int) -> tuple:
+        """Cache key of a bag: real images have one bag, synthetic views one per round."""
+        return (g, item, rnd) if self.groups[g].synthetic else (g, item)
+
     def bag(self, g: int, item: int, rnd: int) -> torch.Tensor:
         """uint8 patches of image `item` of group `g` (synthetic groups: view `item` of round `rnd`)."""
         group = self.groups[g]
+        key = self._key(g, item, rnd)
         if not group.synthetic:
-            key = (g, item)
             if key not in self._bags:
                 self._bags[key] = self._make_bag(read_gray(group.images[item], self.conf["resize_max"]), key)
             return self._bags[key]
-        key = (g, item, rnd)
         if key not in self._bags:
             if g not in self._sources:
                 img = read_gray(group.images[0], self.conf["resize_max"])
@@ -343,7 +346,7 @@ class WeakBags(BaseDataset):
             "negative_sizes": torch.tensor([n.shape[0] for n in neg], dtype=torch.long),
         }
         if self.conf["correspondences"]:
-            ka, kb = ((g, a, rnd), (g, b, rnd)) if self.groups[g].synthetic else ((g, a), (g, b))
+            ka, kb = self._key(g, a, rnd), self._key(g, b, rnd)
             H = np.full((3, 3), np.nan)
             if self.groups[g].synthetic:  # anchor view → photo → positive view
                 H = np.linalg.inv(self._homographies[kb]) @ self._homographies[ka]

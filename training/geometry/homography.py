@@ -107,6 +107,12 @@ def homography_jacobian(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return J / w[:, :, None]
 
 
+def angle_diff(a, b) -> np.ndarray:
+    """Absolute difference of angles in degrees, in [0, 180]."""
+    d = np.abs(np.asarray(a) - np.asarray(b)) % 360.0
+    return np.minimum(d, 360.0 - d)
+
+
 def transfer_frames(frames: np.ndarray, H: np.ndarray) -> np.ndarray:
     """Keypoint frames N×4 (x, y, size, angle°) seen through H: position warped, orientation
     turned and size scaled by the local affine part of H."""

@@ -476,23 +476,20 @@ def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
     return warp_image(t, np.asarray(sample["A1"], np.float64), sample["view1"].shape[-2:])
 
 
-def _angle_diff(a, b):
-    d = np.abs(np.asarray(a) - np.asarray(b)) % 360.0
-    return np.minimum(d, 360.0 - d)
-
-
 def view1_frames(true1: np.ndarray, detected1: np.ndarray, fconf: dict,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Frames of the anchors in view 1 as a detector sees them (see DEFAULT_CONF["frames"]).
 
     Returns (frames N×4, matched N bool: the frame is a real detection)."""
+    from ..geometry.homography import angle_diff
+
     out = true1.astype(np.float64).copy()
     matched = np.zeros(len(out), bool)
     if len(detected1) and len(out):
         d = np.linalg.norm(true1[:, None, :2] - detected1[None, :, :2], axis=-1)
         ratio = np.abs(np.log(np.maximum(detected1[None, :, 2], 1e-6) / np.maximum(true1[:, None, 2], 1e-6)))
         ok = (d <= float(fconf["match_px"])) & (ratio <= np.log(float(fconf["max_scale_ratio"])))
-        cost = np.where(ok, _angle_diff(true1[:, None, 3], detected1[None, :, 3]), np.inf)
+        cost = np.where(ok, angle_diff(true1[:, None, 3], detected1[None, :, 3]), np.inf)
         j = cost.argmin(1)
         matched = np.isfinite(cost[np.arange(len(out)), j])
         out[matched] = detected1[j[matched]]
@@ -503,16 +500,20 @@ def view1_frames(true1: np.ndarray, detected1: np.ndarray, fconf: dict,
     return out.astype(np.float32), matched
 
 
+def _in_valid(points: np.ndarray, valid, hw) -> np.ndarray:
+    """Points (N×2, or frames N×4) whose rounded position lies inside the view and on a valid
+    (in-image) pixel; valid None: every pixel."""
+    h, w = hw
+    valid = np.ones((h, w), bool) if valid is None else np.asarray(valid, bool)
+    r = np.round(points[:, :2]).astype(int)
+    ok = (r[:, 0] >= 0) & (r[:, 0] < w) & (r[:, 1] >= 0) & (r[:, 1] < h)
+    ok[ok] &= valid[r[ok, 1], r[ok, 0]]
+    return ok
+
+
 def _visible(p0: np.ndarray, p1: np.ndarray, valid0, valid1, hw) -> np.ndarray:
     """Points whose rounded positions lie inside both views and on valid (in-image) pixels."""
-    h, w = hw
-    valid0 = np.ones((h, w), bool) if valid0 is None else np.asarray(valid0, bool)
-    valid1 = np.ones((h, w), bool) if valid1 is None else np.asarray(valid1, bool)
-    r0, r1 = np.round(p0).astype(int), np.round(p1).astype(int)
-    ok = (r0[:, 0] >= 0) & (r0[:, 0] < w) & (r0[:, 1] >= 0) & (r0[:, 1] < h)
-    ok &= (r1[:, 0] >= 0) & (r1[:, 0] < w) & (r1[:, 1] >= 0) & (r1[:, 1] < h)
-    ok[ok] &= valid0[r0[ok, 1], r0[ok, 0]] & valid1[r1[ok, 1], r1[ok, 0]]
-    return ok
+    return _in_valid(p0, valid0, hw) & _in_valid(p1, valid1, hw)
 
 
 def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
@@ -560,15 +561,6 @@ def _frame_keypoints(view0, view1, H, valid0, valid1, kconf, fconf, rng, scale_f
             else np.zeros((0, 4)))
     f1, _ = view1_frames(f1, det1, fconf, rng)
     return f0.astype(np.float32), f1.astype(np.float32)
-
-
-def _in_valid(frames: np.ndarray, valid, hw) -> np.ndarray:
-    h, w = hw
-    valid = np.ones((h, w), bool) if valid is None else np.asarray(valid, bool)
-    r = np.round(frames[:, :2]).astype(int)
-    ok = (r[:, 0] >= 0) & (r[:, 0] < w) & (r[:, 1] >= 0) & (r[:, 1] < h)
-    ok[ok] &= valid[r[ok, 1], r[ok, 0]]
-    return ok
 
 
 def mutual_sets(view0: torch.Tensor, view1: torch.Tensor, H: np.ndarray, valid0, valid1, mconf: dict,

@@ -30,7 +30,7 @@ def frame_correspondences(f0: np.ndarray, f1: np.ndarray, H: np.ndarray, conf: d
     view 1): (matches n0: index in view 1 or -1, near n0×n1). A pair matches when each is the
     other's nearest in transferred position, within ``match_px``, with the scale (``max_scale_ratio``)
     and orientation (``max_angle``) the homography predicts; ``near``: within ``radius`` px."""
-    from ..geometry.homography import transfer_frames
+    from ..geometry.homography import angle_diff, transfer_frames
 
     matches = -np.ones(len(f0), np.int64)
     near = np.zeros((len(f0), len(f1)), bool)
@@ -40,8 +40,8 @@ def frame_correspondences(f0: np.ndarray, f1: np.ndarray, H: np.ndarray, conf: d
     d = np.linalg.norm(t0[:, None, :2] - f1[None, :, :2], axis=-1)
     near = d < float(conf["radius"])
     ratio = np.abs(np.log(np.maximum(f1[None, :, 2], 1e-6) / np.maximum(t0[:, None, 2], 1e-6)))
-    dang = np.abs(t0[:, None, 3] - f1[None, :, 3]) % 360.0
-    ok = (ratio <= np.log(float(conf["max_scale_ratio"]))) & (np.minimum(dang, 360.0 - dang) <= float(conf["max_angle"]))
+    ok = ratio <= np.log(float(conf["max_scale_ratio"]))
+    ok &= angle_diff(t0[:, None, 3], f1[None, :, 3]) <= float(conf["max_angle"])
     d = np.where(ok, d, np.inf)
     nn01, nn10 = d.argmin(1), d.argmin(0)
     i = np.arange(len(f0))
@@ -84,8 +84,7 @@ def mutual_nn_loss(d0: torch.Tensor, d1: torch.Tensor, matches: torch.Tensor, va
     loss = loss_pos + float(unmatched_weight) * loss_un
 
     with torch.no_grad():  # hard mutual NN among the pair's keypoints: how many, how many right
-        sim = s.masked_fill(~pair_ok, float("-inf"))
-        nn01, nn10 = sim.argmax(2), sim.argmax(1)
+        nn01, nn10 = s.argmax(2), s.argmax(1)  # s: invalid pairs already at -inf
         idx = torch.arange(N, device=d0.device)[None].expand(B, N)
         mutual = (nn10.gather(1, nn01) == idx) & valid0 & valid1.gather(1, nn01)
         right = near.gather(2, nn01[..., None])[..., 0] | ((matches == nn01) & has)

@@ -25,7 +25,7 @@ from hndesc_features.models.residual import (
     DESCRIPTORS, ResidualDescriptor, context_descriptors, detect_handcrafted, to_gray_u8,
 )
 
-from ..geometry.homography import warp_points
+from ..geometry.homography import homography_jacobian, warp_points
 
 DEFAULT_CONF = {
     "type": "triplet",  # "triplet" (hinge, hardest in-batch negative) | "infonce" (softmax over the other view)
@@ -48,15 +48,6 @@ def _model_conf(conf: dict) -> dict:
     return {**ResidualDescriptor.default_conf, **{k: v for k, v in conf["model"].items() if k != "name"}}
 
 
-def _local_affine(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """N×2×2 Jacobians of the homography at pts."""
-    x = np.concatenate([pts, np.ones((len(pts), 1))], 1)
-    u = x @ H.T
-    w = u[:, 2:3]
-    J = (H[None, :2, :2] * w[:, :, None] - u[:, :2, None] * H[None, 2:3, :2]) / (w[:, :, None] ** 2)
-    return J
-
-
 def gt_matches(f0: dict, f1: dict, H: np.ndarray, conf: dict, upright: bool, ori_sign: float) -> np.ndarray:
     """Index in view 1 of each keypoint of view 0 (-1: no correspondence)."""
     k0, k1 = f0["keypoints"].astype(np.float64), f1["keypoints"].astype(np.float64)
@@ -66,7 +57,7 @@ def gt_matches(f0: dict, f1: dict, H: np.ndarray, conf: dict, upright: bool, ori
     w0 = warp_points(k0, H)
     w1 = warp_points(k1, np.linalg.inv(H))
     d = 0.5 * (np.linalg.norm(w0[:, None] - k1[None], axis=-1) + np.linalg.norm(k0[:, None] - w1[None], axis=-1))
-    J = _local_affine(H, k0)
+    J = homography_jacobian(H, k0)
     scale = np.sqrt(np.abs(np.linalg.det(J)))
     ratio = f1["scales"][None].astype(np.float64) / (f0["scales"][:, None] * scale[:, None] + 1e-9)
     bad = np.abs(np.log(ratio)) > math.log(conf["scale_tolerance"])
