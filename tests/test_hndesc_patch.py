@@ -102,6 +102,31 @@ def test_patch_backbone_shapes_and_errors():
         HNDescPatch(patch_size=30)
 
 
+def test_patch_backbone_without_batch_norm(astronaut, tmp_path):
+    """batch_norm: false has no BN layer, so a patch's descriptor does not depend on the batch it
+    is in (train mode = eval mode), and the option survives export → extractor."""
+    from hndesc_features.extractors.hndesc import HNDesc
+    from hndesc_features.models.checkpoints import export_weights
+
+    torch.manual_seed(0)
+    net = HNDescPatch(batch_norm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in HNDescPatch().modules())
+    im = torch.from_numpy(astronaut).permute(2, 0, 1).float() / 255
+    frames = torch.from_numpy(L.dog_frames(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY), 64, 0.01, unique=True))
+    patches = net.patches(im, frames)
+    with torch.no_grad():
+        alone = net.train()(patches[:8])
+        in_batch = net.train()(patches)[:8]
+        evaluated = net.eval()(patches[:8])
+    assert torch.allclose(alone, in_batch, atol=1e-5) and torch.allclose(alone, evaluated, atol=1e-5)
+    path = export_weights(tmp_path / "nobn.pt", "hndesc_patch", dict(net.conf), net.state_dict())
+    out = HNDesc({"backbone": "patch", "weights": str(path), "max_keypoints": 64})({"image": im[None]})
+    frames_out = torch.cat([out["keypoints"][0], out["scales"][0, :, None], out["oris"][0, :, None]], 1)
+    assert out["descriptors"].shape[1] == 128 and out["keypoints"].shape[1] > 32
+    assert torch.allclose(net.describe(im, frames_out).t(), out["descriptors"][0], atol=1e-4)
+
+
 def _conf():
     return {"name": "t", "model": {"name": "hndesc_patch", "width": 8},
             "loss": {"name": "hndesc", "mining": "in_batch", "keypoints": {"max": 48, "min": 8},

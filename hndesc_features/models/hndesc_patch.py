@@ -18,6 +18,9 @@ power through hard-negative mining with the AP loss.
     8×8    4w→dim   (valid) BN (no affine)   → 1×1, L2-normalised
     w = 16: ~0.2 M parameters, ~8 MMAC per patch (~33 GMAC for 4096 keypoints)
 
+``batch_norm: false`` drops every BN (convolutions get a bias, as in wlrn): the descriptor then no
+longer depends on batch statistics, in training or at extraction.
+
 ``forward`` takes patches (N×3×32×32 in [0, 1]); ``describe`` does image + frames → descriptors.
 """
 from __future__ import annotations
@@ -29,7 +32,9 @@ from torch import nn
 from hndesc_features.patches import extract_patches
 
 
-def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+def _block(cin: int, cout: int, stride: int = 1, norm: bool = True) -> nn.Sequential:
+    if not norm:  # conv + ReLU with a bias (the wlrn layout)
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU(inplace=True))
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -38,7 +43,8 @@ class HNDescPatch(nn.Module):
     """Patches N×3×P×P (or N×1×P×P) in [0, 1] → N×dim L2-normalised descriptors."""
 
     # norm_eps: added to the patch std before dividing (flat patches are not blown up)
-    default_conf = {"dim": 128, "width": 16, "patch_size": 32, "scale_factor": 6.0, "norm_eps": 1e-2}
+    default_conf = {"dim": 128, "width": 16, "patch_size": 32, "scale_factor": 6.0, "norm_eps": 1e-2,
+                    "batch_norm": True}
     patch_based = True
     stride = 1  # unused (no dense map); kept for the shared describe() helpers
     sampling = "patches"
@@ -52,10 +58,11 @@ class HNDescPatch(nn.Module):
         self.descriptor_dim = dim
         self.patch_size = p
         self.scale_factor = float(self.conf["scale_factor"])
+        bn = bool(self.conf["batch_norm"])
+        head = [nn.Conv2d(4 * w, dim, p // 4, bias=False)] + ([nn.BatchNorm2d(dim, affine=False)] if bn else [])
         self.features = nn.Sequential(
-            _block(3, w), _block(w, 2 * w, 2), _block(2 * w, 2 * w),
-            _block(2 * w, 4 * w, 2), _block(4 * w, 4 * w),
-            nn.Conv2d(4 * w, dim, p // 4, bias=False), nn.BatchNorm2d(dim, affine=False),
+            _block(3, w, 1, bn), _block(w, 2 * w, 2, bn), _block(2 * w, 2 * w, 1, bn),
+            _block(2 * w, 4 * w, 2, bn), _block(4 * w, 4 * w, 1, bn), *head,
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
