@@ -112,16 +112,31 @@ def test_surf_sfm_through_hloc_registers_sacre_coeur(sacre_coeur, tmp_path):
             "--export_dir", str(tmp_path)])
     code = f"""
 from pathlib import Path
-from hloc import match_features, pairs_from_exhaustive, reconstruction
+import pycolmap
+from hloc import match_features, pairs_from_exhaustive
+from hloc.reconstruction import create_empty_db, get_image_ids, import_images, run_reconstruction
+from hloc.triangulation import import_features, import_matches
 out = Path({str(tmp_path)!r})
+images = Path({str(sacre_coeur)!r})
 feats = out / {get_feature_conf('surf')['output'] + '.h5'!r}
 pairs = out / 'pairs.txt'
 pairs_from_exhaustive.main(pairs, features=feats)
 m = match_features.main(match_features.confs['NN-mutual'], pairs, feats.stem, out)
-# fixed COLMAP seed: without it the incremental mapper's RANSAC draws differ per run and, on a
-# loaded machine, a bad initial pair once registered only 3 of the 10 images
-rec = reconstruction.main(out / 'sfm', Path({str(sacre_coeur)!r}), pairs, feats, m,
-                          mapper_options={{'random_seed': 0}})
+# hloc's reconstruction.main step by step, with COLMAP's randomness fixed: hloc's geometric
+# verification and mapper draw unseeded RANSAC samples on all threads, and on a loaded machine the
+# same features registered 3, 5 or 10 of the 10 images from one run to the next
+sfm = out / 'sfm'
+sfm.mkdir()
+db_path = sfm / 'database.db'
+create_empty_db(db_path)
+import_images(images, db_path, pycolmap.CameraMode.AUTO)
+ids = get_image_ids(db_path)
+with pycolmap.Database.open(db_path) as db:
+    import_features(ids, db, feats)
+    import_matches(ids, db, pairs, m)
+pycolmap.verify_matches(db_path, pairs, options=dict(ransac=dict(max_num_trials=20000, min_inlier_ratio=0.1,
+                                                                 random_seed=0)))
+rec = run_reconstruction(sfm, db_path, images, options={{'random_seed': 0, 'num_threads': 1}})
 print('REGISTERED', rec.num_reg_images(), rec.num_points3D())
 """
     p = run_py(["-c", code], timeout=900)
