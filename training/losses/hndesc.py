@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..geometry.homography import angle_diff, transfer_frames, warp_image, warp_points
+
 logger = logging.getLogger("hndesc_features")
 
 MINING_MODES = ("in_pair", "in_batch", "gd", "selfgd")
@@ -452,7 +454,6 @@ def _stylize_view1(sample: dict, sconf: dict, rng: np.random.Generator) -> torch
 
 
 def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
-    from ..geometry.homography import warp_image
     from ..stylize import read_rgb, stylized_versions
 
     if sconf.get("root") is None:
@@ -481,8 +482,6 @@ def view1_frames(true1: np.ndarray, detected1: np.ndarray, fconf: dict,
     """Frames of the anchors in view 1 as a detector sees them (see DEFAULT_CONF["frames"]).
 
     Returns (frames N×4, matched N bool: the frame is a real detection)."""
-    from ..geometry.homography import angle_diff
-
     out = true1.astype(np.float64).copy()
     matched = np.zeros(len(out), bool)
     if len(detected1) and len(out):
@@ -523,8 +522,6 @@ def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
 
     N×2 positions, or N×4 frames (x, y, size, angle°) when ``fconf["enable"]`` (patch backbones;
     view 1's frames from a DoG detection on ``view1``, see ``view1_frames``)."""
-    from ..geometry.homography import warp_points
-
     if fconf is not None and fconf.get("enable"):
         return _frame_keypoints(view0, view1, H, valid0, valid1, kconf, fconf, rng, scale_factor)
 
@@ -547,8 +544,6 @@ def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
 
 
 def _frame_keypoints(view0, view1, H, valid0, valid1, kconf, fconf, rng, scale_factor):
-    from ..geometry.homography import transfer_frames
-
     h, w = view0.shape[-2:]
     n = int(kconf["max"])
     ct = float(kconf["contrast_threshold"])

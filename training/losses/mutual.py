@@ -24,14 +24,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..geometry.homography import angle_diff, transfer_frames
+
 
 def frame_correspondences(f0: np.ndarray, f1: np.ndarray, H: np.ndarray, conf: dict) -> tuple[np.ndarray, np.ndarray]:
     """Ground truth between keypoint frames (x, y, size, angle°) of two views related by H (view 0 →
     view 1): (matches n0: index in view 1 or -1, near n0×n1). A pair matches when each is the
     other's nearest in transferred position, within ``match_px``, with the scale (``max_scale_ratio``)
     and orientation (``max_angle``) the homography predicts; ``near``: within ``radius`` px."""
-    from ..geometry.homography import angle_diff, transfer_frames
-
     matches = -np.ones(len(f0), np.int64)
     near = np.zeros((len(f0), len(f1)), bool)
     if len(f0) == 0 or len(f1) == 0:
