@@ -198,3 +198,62 @@ def test_overwrite_starts_the_logs_over(tmp_path):
         run(tiny_conf(steps=3), out)
     run(tiny_conf(steps=2), out, overwrite=True)
     assert [s for s, _ in losses(out)] == [1, 2]  # only the new run's records
+
+
+def _tiny_patch_conf(**train) -> dict:
+    """A BN model (hndesc_patch) on crops of real photos, validation on other real photos."""
+    photos = sorted((DATA / "photos").glob("*.jpg")) if (DATA / "photos").is_dir() else []
+    if len(photos) < 6:
+        pytest.skip("needs the real photos in ../shared/data/photos")
+    return {
+        "name": "tiny_patch",
+        "model": {"name": "hndesc_patch", "width": 4},
+        "loss": {"name": "hndesc", "mining": "in_batch", "keypoints": {"max": 24, "min": 8},
+                 "frames": {"enable": True}, "stylize": {"mode": "none"}},
+        "data": {"name": "homographies", "source": {"name": "list", "paths": [str(p) for p in photos[:3]]},
+                 "resize": [240, 320], "homography": {"mode": "hcrops", "size": 96},
+                 "photometric": {"enable": False}},
+        "val": {"source": {"name": "list", "paths": [str(p) for p in photos[3:5]]}, "n_pairs": 2,
+                "resize": 240, "max_keypoints": 150},
+        "train": {"seed": 1, "steps": 4, "batch_size": 2, "num_workers": 0, "threads": 1, "log_every": 1,
+                  "val_every": 2, "val_at_start": True, "checkpoint_every": 100, "plot": False,
+                  "lr": 0.0, **train},
+    }
+
+
+def _val_records(run_dir) -> list[dict]:
+    recs = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if r["split"] == "val"]
+
+
+def test_precise_bn_makes_validation_a_function_of_the_weights(tmp_path):
+    # lr 0: the weights never change, only BN's running statistics do. With the default momentum
+    # average those follow the last training batches, so the validation moves although the model
+    # did not learn anything; with train.precise_bn every validation sees the same statistics.
+    run(_tiny_patch_conf(), tmp_path / "momentum")
+    run(_tiny_patch_conf(precise_bn=3), tmp_path / "precise")
+    momentum, precise = _val_records(tmp_path / "momentum"), _val_records(tmp_path / "precise")
+    assert [r["step"] for r in precise] == [0, 2, 4]
+    keys = ("mma@1", "mma@3", "matches")
+    assert all(r[k] == precise[0][k] for r in precise for k in keys)
+    assert any(r[k] != momentum[0][k] for r in momentum[1:] for k in keys)
+    # the exported weights carry the precise statistics, not the untouched initial ones (0 / 1)
+    model, _ = load_weights(tmp_path / "precise" / "tiny_patch.pt")
+    sd = model.state_dict()
+    means = [v for k, v in sd.items() if k.endswith("running_mean")]
+    assert means and all(torch.isfinite(m).all() for m in means) and any(m.abs().sum() > 0 for m in means)
+
+
+def test_precise_batchnorm_is_the_plain_mean_over_batches():
+    from training.trainer import precise_batchnorm
+
+    g = torch.Generator().manual_seed(0)
+    bn = torch.nn.Sequential(torch.nn.BatchNorm1d(3))
+    batches = [torch.randn(5, 3, generator=g) * (i + 1) + i for i in range(4)]
+    assert precise_batchnorm(bn, lambda m, b: m(b), batches) == 1
+    mean = torch.stack([b.mean(0) for b in batches]).mean(0)
+    var = torch.stack([b.var(0) for b in batches]).mean(0)  # unbiased per batch, as BN keeps it
+    assert torch.allclose(bn[0].running_mean, mean, atol=1e-6)
+    assert torch.allclose(bn[0].running_var, var, atol=1e-5)
+    assert bn[0].momentum == 0.1 and bn.training
+    assert precise_batchnorm(torch.nn.Linear(3, 3), lambda m, b: m(b), batches) == 0

@@ -53,6 +53,12 @@ DEFAULT_TRAIN = {
     "val_at_start": False,  # also validate the initial model (step 0)
     "plot": True,
     "export": "last",  # "last" | "best": the exported weights are the last step's or the best validation's
+    # > 0: before every validation and before the export, the batch-norm statistics are re-estimated as
+    # the plain average over this many fixed training batches (drawn once, apart from the training
+    # stream), instead of the momentum average of the last few steps. With the default momentum
+    # average the validation of a BN model moves with the last batches even when no weight changes
+    # (docs/hndesc.md, session 5); 0: off (models without BN are never touched)
+    "precise_bn": 0,
 }
 
 
@@ -113,6 +119,34 @@ class StepBatchSampler(torch.utils.data.Sampler):
         while True:
             yield self.batch(step)
             step += 1
+
+
+def batchnorm_layers(model: torch.nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def precise_batchnorm(model: torch.nn.Module, forward, batches) -> int:
+    """Re-estimate every batch-norm layer's running statistics as the plain (cumulative) average
+    over ``batches``: ``forward(model, batch)`` runs the model in training mode on each batch.
+    Returns the number of BN layers updated (0: nothing to do). The model's mode is restored."""
+    bns = batchnorm_layers(model)
+    if not bns or not batches:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the plain mean over the batches
+    model.train()
+    try:
+        for b in batches:
+            forward(model, b)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was_training)
+    return len(bns)
 
 
 def default_collate(samples: list[dict]) -> dict:
@@ -301,6 +335,7 @@ class Trainer:
         prepared = PreparedDataset(self.dataset, getattr(self.method, "prepare", None), conf)
         collate = getattr(self.method, "collate", None) or getattr(self.dataset, "collate", None) \
             or default_collate
+        self._prepared, self._collate, self._pbn_batches = prepared, collate, None
         self.sampler = StepBatchSampler(len(self.dataset), int(self.tc["batch_size"]), int(self.tc["seed"]),
                                         self.rank, self.world, self.step)
         nw = int(self.tc["num_workers"])
@@ -351,6 +386,27 @@ class Trainer:
         p.write_text("".join(ln + "\n" for ln in keep))
 
     # ---------------------------------------------------------------- validation
+    def precise_bn(self) -> int:
+        """``train.precise_bn`` > 0: BN statistics from that many fixed training batches (same batches
+        every time, the same on every rank, drawn with their own seed so the training stream and
+        exact resume are untouched; the loss runs on a copy, RNG states restored)."""
+        n = int(self.tc.get("precise_bn") or 0)
+        if n <= 0 or not batchnorm_layers(self.model):
+            return 0
+        if self._pbn_batches is None:
+            sampler = StepBatchSampler(len(self.dataset), int(self.tc["batch_size"]),
+                                       int(self.tc["seed"]) + 1_000_003)
+            self._pbn_batches = [self._collate([self._prepared[k] for k in sampler.batch(s)]) for s in range(n)]
+        import copy
+
+        rng = get_rng_state()
+        loss_fn = copy.deepcopy(self.loss_fn)
+        try:
+            return precise_batchnorm(self.model, lambda m, b: loss_fn(m, to_device(b, self.device)),
+                                     self._pbn_batches)
+        finally:
+            set_rng_state(rng)
+
     def validate(self) -> Optional[dict]:
         from .validation import DEFAULT_CONF as VAL_DEFAULT
         from .validation import evaluate_pairs, make_pairs
@@ -407,6 +463,7 @@ class Trainer:
         self.model.train()
         last_logs = {}
         if tc["val_at_start"] and self.step == 0 and int(tc["val_every"]) > 0:
+            self.precise_bn()
             res = self.validate() if self.main else None
             if res is not None:
                 self.log("val", 0, res)
@@ -434,7 +491,11 @@ class Trainer:
                 self.log("train", self.step, vals)
                 last_logs = vals
                 pbar.set_postfix(loss=f"{vals['loss']:.4f}")
-            if int(tc["val_every"]) > 0 and (self.step % int(tc["val_every"]) == 0 or self.step == self.total):
+            validating = int(tc["val_every"]) > 0 and (self.step % int(tc["val_every"]) == 0
+                                                       or self.step == self.total)
+            if validating or (self.step == self.total and tc["export"] == "last"):
+                self.precise_bn()  # every rank: the same batches, the same statistics
+            if validating:
                 res = self.validate() if self.main else None
                 if res is not None:
                     self.log("val", self.step, res)
