@@ -11,6 +11,15 @@ network vs raw ORB (val conf of confs/train/wlrn_orb.yaml on the held-out photos
 ``untrained`` = the network initialised as its training config does (torch seed 0), not trained. Mutual-NN MMA@1/3, RANSAC
 homography accuracy @3 px and the number of matches, per weights file; 1024 keypoints, 640 px.
 Photometric changes (severity 0.8) cycle through benchmarks.photometric's types, one per pair.
+
+``--diagnose`` (hndesc_patch) separates the descriptor from the detector, the two things MMA mixes:
+- ``gt_nn@σ``: nearest-neighbour accuracy when view 1 gets the exact transfer of view 0's DoG frames
+  (one per location) with the orientation jittered by N(0, σ°) — every keypoint has its correspondence;
+- ``mnn_corr`` / ``mnn_nocorr``: with independently detected keypoints (the MMA protocol), the share of
+  view-0 keypoints *with* a correspondence (a view-1 keypoint within 3 px of its true position) that are
+  correctly mutual-NN matched, and the share of those *without* one that still get a (necessarily wrong)
+  mutual match. MMA = correct / (correct + wrong), so it falls when ``mnn_nocorr`` rises even if the
+  descriptor matches better (docs/hndesc.md, session 5).
 """
 from __future__ import annotations
 
@@ -22,7 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .common import BenchmarkError
+
 KEYS = ("mma@1", "mma@3", "homography@3", "matches")
+JITTERS = (0.0, 5.0, 10.0)
 
 
 def _pairs(method: str, n_pairs: int, photometric: bool) -> list:
@@ -62,19 +74,99 @@ def _baseline(method: str):
     return "orb", orb
 
 
+def rootsift_at(image: torch.Tensor, frames: np.ndarray) -> np.ndarray:
+    """RootSIFT computed by OpenCV at given frames (x, y, size, angle°) → N×128 unit vectors."""
+    import cv2
+
+    from hndesc_features.handcrafted import sift_to_rootsift
+    from training.losses.hndesc import cv2_gray
+
+    kps = [cv2.KeyPoint(float(x), float(y), float(s), float(a)) for x, y, s, a in frames]
+    _, d = cv2.SIFT_create().compute(cv2_gray(image), kps)
+    if d is None or len(d) != len(frames):
+        raise BenchmarkError("OpenCV SIFT dropped keypoints it was given")
+    return sift_to_rootsift(d.astype(np.float32))
+
+
+def _patch_net(weights: str):
+    from hndesc_features.extractors.hndesc import load_hndesc
+    from hndesc_features.models.checkpoints import build_model
+    from training.config import load_config
+
+    if weights == "untrained":
+        torch.manual_seed(0)
+        return build_model("hndesc_patch", load_config("hndesc_patch")["model"]).eval()
+    return load_hndesc("patch", weights)
+
+
+def _describer(method: str, weights: str):
+    """(image 3×H×W, frames N×4) → N×D unit descriptors, for --diagnose."""
+    if method != "hndesc_patch":
+        raise BenchmarkError("--diagnose needs --method hndesc_patch (DoG frames)")
+    if weights == "rootsift":
+        return rootsift_at
+    net = _patch_net(weights)
+    return lambda img, fr: net.describe(img, torch.from_numpy(np.asarray(fr, np.float32))).numpy()
+
+
+def frame_probe(describe, pairs: list, jitters=JITTERS, max_keypoints: int = 1024, seed: int = 0) -> dict:
+    """``gt_nn@σ``: NN accuracy of the descriptor given exact view-1 frames (orientation ± N(0, σ°))."""
+    from training.geometry.homography import transfer_frames
+    from training.losses.hndesc import _in_valid, cv2_gray, dog_frames
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for sigma in jitters:
+        acc = []
+        for p in pairs:
+            f0 = dog_frames(cv2_gray(p["view0"]), max_keypoints, 0.005, unique=True).astype(np.float64)
+            f1 = transfer_frames(f0, np.asarray(p["H_0to1"], np.float64))
+            ok = _in_valid(f1, None, tuple(p["view1"].shape[-2:]))
+            f0, f1 = f0[ok], f1[ok].copy()
+            if len(f0) == 0:
+                continue
+            f1[:, 3] = (f1[:, 3] + rng.normal(0.0, float(sigma), len(f1))) % 360.0
+            d0, d1 = describe(p["view0"], f0), describe(p["view1"], f1)
+            acc.append(float(((d0 @ d1.T).argmax(1) == np.arange(len(f0))).mean()))
+        out[f"gt_nn@{sigma:g}"] = float(np.mean(acc)) if acc else 0.0
+    return out
+
+
+def mutual_rates(extract, pairs: list, threshold: float = 3.0) -> dict:
+    """``mnn_corr``: share of view-0 keypoints with a correspondence (a view-1 keypoint within
+    ``threshold`` px of the true position) that are correctly mutual-NN matched; ``mnn_nocorr``: share
+    of keypoints without one that get a mutual match anyway (all wrong)."""
+    from training.geometry.homography import warp_points
+    from training.validation import mutual_nn
+
+    corr, nocorr = [], []
+    for p in pairs:
+        f0, f1 = extract(p["view0"][None]), extract(p["view1"][None])
+        kp0 = f0["keypoints"].double().numpy().reshape(-1, 2)
+        kp1 = f1["keypoints"].double().numpy().reshape(-1, 2)
+        if len(kp0) == 0 or len(kp1) == 0:
+            continue
+        m = mutual_nn(f0["descriptors"].float(), f1["descriptors"].float())
+        w = warp_points(kp0, np.asarray(p["H_0to1"], np.float64))
+        has = np.linalg.norm(w[:, None] - kp1[None], axis=-1).min(1) < threshold
+        matched = np.zeros(len(kp0), bool)
+        right = np.zeros(len(kp0), bool)
+        matched[m[:, 0]] = True
+        right[m[:, 0]] = np.linalg.norm(w[m[:, 0]] - kp1[m[:, 1]], axis=-1) < threshold
+        if has.any():
+            corr.append(float((right & has).sum() / has.sum()))
+        if (~has).any():
+            nocorr.append(float((matched & ~has).sum() / (~has).sum()))
+    return {"mnn_corr": float(np.mean(corr)) if corr else 0.0, "mnn_nocorr": float(np.mean(nocorr)) if nocorr else 0.0}
+
+
 def _extractor(method: str, weights: str):
     if method == "hndesc_patch":
-        from hndesc_features.extractors.hndesc import load_hndesc
-        from hndesc_features.models.checkpoints import build_model
         from training.config import load_config
         from training.losses.hndesc import extract
 
         conf = load_config("hndesc_patch")
-        if weights == "untrained":
-            torch.manual_seed(0)
-            net = build_model("hndesc_patch", conf["model"]).eval()
-        else:
-            net = load_hndesc("patch", weights)
+        net = _patch_net(weights)
         return lambda img: extract(net, img, conf, 1024)
 
     from hndesc_features.models.wlrn import WLRNet, describe_orb, load_wlrn_state_dict
@@ -101,6 +193,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--weights", required=True, help="comma-separated weights files and/or 'untrained'")
     ap.add_argument("--photometric", action="store_true", help="photometric change on the second view")
     ap.add_argument("--n_pairs", type=int, default=12)
+    ap.add_argument("--diagnose", action="store_true",
+                    help="hndesc_patch: also NN accuracy given exact frames and mutual-NN rates with/without correspondence")
     ap.add_argument("--output", type=Path, help="results JSON")
     a = ap.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -108,11 +202,16 @@ def main(argv=None) -> dict:
     name, base = _baseline(a.method)
     rows = {name: base}
     rows.update({w: _extractor(a.method, w) for w in a.weights.split(",") if w.strip()})
+    if a.diagnose and a.method != "hndesc_patch":
+        raise BenchmarkError("--diagnose needs --method hndesc_patch (DoG frames)")
     out = {}
     for n, fn in rows.items():
         r = evaluate_pairs(fn, pairs)
         out[n] = {k: round(float(r[k]), 4) for k in KEYS}
-        print(f"{n:60s} " + "  ".join(f"{k}={out[n][k]:.3f}" for k in KEYS), flush=True)
+        if a.diagnose:
+            r = {**mutual_rates(fn, pairs), **frame_probe(_describer(a.method, n), pairs)}
+            out[n].update({k: round(v, 4) for k, v in r.items()})
+        print(f"{n:60s} " + "  ".join(f"{k}={v:.3f}" for k, v in out[n].items()), flush=True)
     if a.output:
         a.output.parent.mkdir(parents=True, exist_ok=True)
         a.output.write_text(json.dumps({"method": a.method, "photometric": a.photometric,

@@ -1,0 +1,64 @@
+"""benchmarks.val_probe --diagnose: the descriptor measured apart from the detector (exact frames),
+and mutual-NN rates of keypoints with / without a correspondence, on real photos."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    photos = sorted((DATA / "photos").glob("*.jpg")) if (DATA / "photos").is_dir() else []
+    if len(photos) < 2:
+        pytest.skip("needs the real photos in ../shared/data/photos")
+    from training.validation import make_pairs
+
+    return make_pairs({"source": {"name": "list", "paths": [str(p) for p in photos[:2]]}, "n_pairs": 2,
+                       "resize": 400})
+
+
+def test_frame_probe_measures_the_descriptor_given_exact_frames(pairs):
+    from benchmarks.val_probe import frame_probe, rootsift_at
+
+    r = frame_probe(rootsift_at, pairs, jitters=(0.0, 10.0, 30.0), max_keypoints=300)
+    assert set(r) == {"gt_nn@0", "gt_nn@10", "gt_nn@30"}
+    # RootSIFT at the exact transferred frames finds its correspondence almost always, and loses it
+    # as the view-1 orientation drifts away from the true one
+    assert r["gt_nn@0"] > 0.85
+    assert r["gt_nn@0"] > r["gt_nn@10"] > r["gt_nn@30"] + 0.1
+
+    # a describer that does not look at the image content cannot find them (chance: 1 / 300)
+    rng = np.random.default_rng(0)
+    noise = frame_probe(lambda img, fr: _unit(rng.normal(size=(len(fr), 32))), pairs, jitters=(0.0,),
+                        max_keypoints=300)
+    assert noise["gt_nn@0"] < 0.05
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_mutual_rates_split_keypoints_by_correspondence(pairs):
+    from benchmarks.val_probe import _baseline, mutual_rates
+    from training.validation import evaluate_pairs
+
+    _, rootsift = _baseline("hndesc_patch")
+    r = mutual_rates(rootsift, pairs)
+    assert 0.5 < r["mnn_corr"] <= 1.0 and 0.0 <= r["mnn_nocorr"] < r["mnn_corr"]
+    # shuffled descriptors: nothing is matched correctly any more
+    def shuffled(img):
+        f = rootsift(img)
+        g = torch.Generator().manual_seed(int(img.sum() * 1000) % 2**31)
+        return {"keypoints": f["keypoints"], "descriptors": f["descriptors"][torch.randperm(len(f["descriptors"]), generator=g)]}
+    s = mutual_rates(shuffled, pairs)
+    assert s["mnn_corr"] < 0.05
+    # the same protocol as the MMA of training.validation: more correct matches, higher MMA
+    assert evaluate_pairs(rootsift, pairs)["mma@3"] > evaluate_pairs(shuffled, pairs)["mma@3"] + 0.5
