@@ -32,7 +32,7 @@ def test_frame_probe_measures_the_descriptor_given_exact_frames(pairs):
     assert set(r) == {"gt_nn@0", "gt_nn@10", "gt_nn@30"}
     # RootSIFT at the exact transferred frames finds its correspondence almost always, and loses it
     # as the view-1 orientation drifts away from the true one
-    assert r["gt_nn@0"] > 0.85
+    assert r["gt_nn@0"] > 0.8
     assert r["gt_nn@0"] > r["gt_nn@10"] > r["gt_nn@30"] + 0.1
 
     # a describer that does not look at the image content cannot find them (chance: 1 / 300)
