@@ -257,3 +257,24 @@ def test_precise_batchnorm_is_the_plain_mean_over_batches():
     assert torch.allclose(bn[0].running_var, var, atol=1e-5)
     assert bn[0].momentum == 0.1 and bn.training
     assert precise_batchnorm(torch.nn.Linear(3, 3), lambda m, b: m(b), batches) == 0
+
+
+def test_init_weights_starts_from_an_exported_file(uninterrupted, tmp_path):
+    src = uninterrupted / "tiny_residual.pt"
+    trained, _ = load_weights(src)
+    # lr 0: the run keeps exactly the weights it started from (the residual model has no BN)
+    run(tiny_conf(steps=2, lr=0.0, init_weights=str(src)), tmp_path / "ft")
+    tuned, _ = load_weights(tmp_path / "ft" / "tiny_residual.pt")
+    fresh = trained.state_dict()
+    assert all(torch.equal(fresh[k], v) for k, v in tuned.state_dict().items())
+    # ...which is not what the configured initialisation gives
+    run(tiny_conf(steps=2, lr=0.0), tmp_path / "scratch")
+    scratch, _ = load_weights(tmp_path / "scratch" / "tiny_residual.pt")
+    assert not all(torch.equal(fresh[k], v) for k, v in scratch.state_dict().items())
+
+    other = tiny_conf(steps=1, init_weights=str(src))
+    other["model"]["cnn_dim"] = 8  # another architecture than the file's
+    with pytest.raises(CheckpointError, match="init_weights"):
+        run(other, tmp_path / "bad")
+    with pytest.raises(CheckpointError, match="no weights file"):
+        run(tiny_conf(steps=1, init_weights=str(tmp_path / "missing.pt")), tmp_path / "missing")

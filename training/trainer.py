@@ -59,6 +59,10 @@ DEFAULT_TRAIN = {
     # average the validation of a BN model moves with the last batches even when no weight changes
     # (docs/hndesc.md, session 5); 0: off (models without BN are never touched)
     "precise_bn": 0,
+    # fine-tuning: start from an exported weights file (`python -m training.export`, or a shipped one by
+    # its file name, e.g. hndesc_patch.pt) instead of the initialisation; its architecture must fit the
+    # model conf (checked). --resume ignores it: the checkpoint wins.
+    "init_weights": None,
 }
 
 
@@ -294,6 +298,8 @@ class Trainer:
         seed_everything(int(self.tc["seed"]) + self.rank)
 
         self.model = build_model(self.arch, _strip(conf["model"])).to(self.device)
+        if ck is None and self.tc.get("init_weights"):
+            self._init_from(self.tc["init_weights"])
         self.loss_fn = self.method.Loss(conf["loss"]).to(self.device)
         params = param_groups(self.model, self.loss_fn, float(self.tc["lr"]), self.tc.get("lr_groups") or {})
         if self.tc["optimizer"].lower() == "adam":
@@ -353,6 +359,19 @@ class Trainer:
                 import yaml
 
                 yaml.safe_dump(conf, f, sort_keys=False)
+
+    def _init_from(self, path) -> None:
+        from hndesc_features.models.checkpoints import WEIGHTS_DIR, load_weights
+
+        p = Path(path)
+        if not p.is_file() and (WEIGHTS_DIR / p.name).is_file():
+            p = WEIGHTS_DIR / p.name
+        if not p.is_file():
+            raise CheckpointError(f"train.init_weights: no weights file '{path}'")
+        _, obj = load_weights(p, self.arch)
+        check_state_dict(self.model, obj["state_dict"], f"train.init_weights '{p}'")
+        self.model.load_state_dict(obj["state_dict"])
+        logger.info("initialised from %s", p)
 
     # ---------------------------------------------------------------- logging
     def _tb(self):
