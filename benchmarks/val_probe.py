@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .common import BenchmarkError
+from .common import BenchmarkError, run_cli
 
 KEYS = ("mma@1", "mma@3", "homography@3", "matches")
 JITTERS = (0.0, 5.0, 10.0)
@@ -197,13 +196,13 @@ def main(argv=None) -> dict:
                     help="hndesc_patch: also NN accuracy given exact frames and mutual-NN rates with/without correspondence")
     ap.add_argument("--output", type=Path, help="results JSON")
     a = ap.parse_args(argv)
+    if a.diagnose and a.method != "hndesc_patch":
+        raise BenchmarkError("--diagnose needs --method hndesc_patch (DoG frames)")
     torch.set_grad_enabled(False)
     pairs = _pairs(a.method, a.n_pairs, a.photometric)
     name, base = _baseline(a.method)
     rows = {name: base}
     rows.update({w: _extractor(a.method, w) for w in a.weights.split(",") if w.strip()})
-    if a.diagnose and a.method != "hndesc_patch":
-        raise BenchmarkError("--diagnose needs --method hndesc_patch (DoG frames)")
     out = {}
     for n, fn in rows.items():
         r = evaluate_pairs(fn, pairs)
@@ -220,4 +219,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    run_cli(main)
