@@ -134,28 +134,23 @@ def frame_probe(describe, pairs: list, jitters=JITTERS, max_keypoints: int = 102
 def mutual_rates(extract, pairs: list, threshold: float = 3.0) -> dict:
     """``mnn_corr``: share of view-0 keypoints with a correspondence (a view-1 keypoint within
     ``threshold`` px of the true position) that are correctly mutual-NN matched; ``mnn_nocorr``: share
-    of keypoints without one that get a mutual match anyway (all wrong)."""
-    from training.geometry.homography import warp_points
-    from training.validation import mutual_nn
+    of keypoints without one that get a mutual match anyway (all wrong). Counts from
+    ``benchmarks.match_errors.pair_errors``, the HPatches protocol's own binning."""
+    from .match_errors import pair_errors
 
     corr, nocorr = [], []
     for p in pairs:
-        f0, f1 = extract(p["view0"][None]), extract(p["view1"][None])
-        kp0 = f0["keypoints"].double().numpy().reshape(-1, 2)
-        kp1 = f1["keypoints"].double().numpy().reshape(-1, 2)
-        if len(kp0) == 0 or len(kp1) == 0:
+        f0, f1 = ({"keypoints": f["keypoints"].double().numpy().reshape(-1, 2),
+                   "descriptors": f["descriptors"].float().numpy()}
+                  for f in (extract(p["view0"][None]), extract(p["view1"][None])))
+        n0 = len(f0["keypoints"])
+        if n0 == 0 or len(f1["keypoints"]) == 0:
             continue
-        m = mutual_nn(f0["descriptors"].float(), f1["descriptors"].float())
-        w = warp_points(kp0, np.asarray(p["H_0to1"], np.float64))
-        has = np.linalg.norm(w[:, None] - kp1[None], axis=-1).min(1) < threshold
-        matched = np.zeros(len(kp0), bool)
-        right = np.zeros(len(kp0), bool)
-        matched[m[:, 0]] = True
-        right[m[:, 0]] = np.linalg.norm(w[m[:, 0]] - kp1[m[:, 1]], axis=-1) < threshold
-        if has.any():
-            corr.append(float((right & has).sum() / has.sum()))
-        if (~has).any():
-            nocorr.append(float((matched & ~has).sum() / (~has).sum()))
+        _, correct, wrong_no_corr, _, with_corr = pair_errors(f0, f1, np.asarray(p["H_0to1"], np.float64), threshold)
+        if with_corr:
+            corr.append(float(correct / with_corr))
+        if n0 > with_corr:
+            nocorr.append(float(wrong_no_corr / (n0 - with_corr)))
     return {"mnn_corr": float(np.mean(corr)) if corr else 0.0, "mnn_nocorr": float(np.mean(nocorr)) if nocorr else 0.0}
 
 
