@@ -4,16 +4,19 @@ to compare training recipes against the handcrafted baseline and the untrained n
 
     python -m benchmarks.val_probe --method hndesc_patch --weights untrained,runs/x/x.pt --photometric
     python -m benchmarks.val_probe --method wlrn --weights untrained,hndesc_features/weights/wlrn_orb.pt
+    python -m benchmarks.val_probe --method residual --weights untrained,hndesc_features/weights/residual_sift.pt --diagnose
 
 ``--method hndesc_patch``: DoG frames + the patch backbone vs RootSIFT on the same detector
 (val conf of confs/train/hndesc_patch.yaml, RGB). ``--method wlrn``: ORB keypoints + the wlrn
 network vs raw ORB (val conf of confs/train/wlrn_orb.yaml on the held-out photos, grayscale).
+``--method residual``: the residual model on its own handcrafted keypoints vs RootSIFT on the same
+DoG detector (val conf of confs/train/residual_sift.yaml: scale 0.5–2, rotation ±45°, RGB).
 ``untrained`` = the network initialised as its training config does (torch seed 0), not trained. Mutual-NN MMA@1/3, RANSAC
 homography accuracy @3 px and the number of matches, per weights file; 1024 keypoints, 640 px.
 Photometric changes (severity 0.8) cycle through benchmarks.photometric's types, one per pair.
 
-``--diagnose`` (hndesc_patch) separates the descriptor from the detector, the two things MMA mixes:
-- ``gt_nn@σ``: nearest-neighbour accuracy when view 1 gets the exact transfer of view 0's DoG frames
+``--diagnose`` separates the descriptor from the detector, the two things MMA mixes:
+- ``gt_nn@σ`` (hndesc_patch only: it needs a descriptor of arbitrary DoG frames): nearest-neighbour accuracy when view 1 gets the exact transfer of view 0's DoG frames
   (one per location) with the orientation jittered by N(0, σ°) — every keypoint has its correspondence;
 - ``mnn_corr`` / ``mnn_nocorr``: with independently detected keypoints (the MMA protocol), the share of
   view-0 keypoints *with* a correspondence (a view-1 keypoint within 3 px of its true position) that are
@@ -33,6 +36,7 @@ import torch
 from .common import BenchmarkError, run_cli
 
 KEYS = ("mma@1", "mma@3", "homography@3", "matches")
+TRAIN_CONF = {"hndesc_patch": "hndesc_patch", "wlrn": "wlrn_orb", "residual": "residual_sift"}
 JITTERS = (0.0, 5.0, 10.0)
 
 
@@ -42,7 +46,7 @@ def _pairs(method: str, n_pairs: int, photometric: bool) -> list:
 
     from .photometric import PHOTOMETRIC_TYPES, apply_change, rng_for
 
-    conf = load_config("hndesc_patch" if method == "hndesc_patch" else "wlrn_orb")["val"]
+    conf = load_config(TRAIN_CONF[method])["val"]
     conf = dict(conf, source={"name": "dev_images", "split": "heldout"}, n_pairs=n_pairs)
     pairs = make_pairs(conf)
     if photometric:
@@ -60,7 +64,7 @@ def _baseline(method: str):
     from hndesc_features.handcrafted import binary_to_unit_float, detect_orb, detect_sift
     from training.losses.hndesc import cv2_gray
 
-    if method == "hndesc_patch":
+    if method in ("hndesc_patch", "residual"):
         def rootsift(img):
             f = detect_sift(cv2_gray(img[0]), 1024, 0.005)
             return {"keypoints": torch.from_numpy(f["keypoints"]), "descriptors": torch.from_numpy(f["descriptors"])}
@@ -154,7 +158,26 @@ def mutual_rates(extract, pairs: list, threshold: float = 3.0) -> dict:
     return {"mnn_corr": float(np.mean(corr)) if corr else 0.0, "mnn_nocorr": float(np.mean(nocorr)) if nocorr else 0.0}
 
 
+def _residual_net(weights: str):
+    from hndesc_features.models.checkpoints import build_model, load_weights
+    from training.config import load_config
+
+    if weights == "untrained":  # the residual initialisation of the training run (seed 0)
+        torch.manual_seed(0)
+        conf = {k: v for k, v in load_config("residual_sift")["model"].items() if k != "name"}
+        return build_model("residual", conf).eval()
+    return load_weights(weights, "residual")[0]
+
+
 def _extractor(method: str, weights: str):
+    if method == "residual":
+        net = _residual_net(weights)
+
+        def run_residual(img):
+            f = net.extract(img, 1024)
+            return {"keypoints": f["keypoints"], "descriptors": f["descriptors"]}
+        return run_residual
+
     if method == "hndesc_patch":
         from training.config import load_config
         from training.losses.hndesc import extract
@@ -183,16 +206,15 @@ def main(argv=None) -> dict:
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.val_probe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", choices=["hndesc_patch", "wlrn"], required=True)
+    ap.add_argument("--method", choices=sorted(TRAIN_CONF), required=True)
     ap.add_argument("--weights", required=True, help="comma-separated weights files and/or 'untrained'")
     ap.add_argument("--photometric", action="store_true", help="photometric change on the second view")
     ap.add_argument("--n_pairs", type=int, default=12)
     ap.add_argument("--diagnose", action="store_true",
-                    help="hndesc_patch: also NN accuracy given exact frames and mutual-NN rates with/without correspondence")
+                    help="also mutual-NN rates of keypoints with/without a correspondence (and, for hndesc_patch, "
+                         "NN accuracy given exact frames)")
     ap.add_argument("--output", type=Path, help="results JSON")
     a = ap.parse_args(argv)
-    if a.diagnose and a.method != "hndesc_patch":
-        raise BenchmarkError("--diagnose needs --method hndesc_patch (DoG frames)")
     torch.set_grad_enabled(False)
     pairs = _pairs(a.method, a.n_pairs, a.photometric)
     name, base = _baseline(a.method)
@@ -203,7 +225,9 @@ def main(argv=None) -> dict:
         r = evaluate_pairs(fn, pairs)
         out[n] = {k: round(float(r[k]), 4) for k in KEYS}
         if a.diagnose:
-            r = {**mutual_rates(fn, pairs), **frame_probe(_describer(a.method, n), pairs)}
+            r = mutual_rates(fn, pairs)
+            if a.method == "hndesc_patch":
+                r.update(frame_probe(_describer(a.method, n), pairs))
             out[n].update({k: round(v, 4) for k, v in r.items()})
         print(f"{n:60s} " + "  ".join(f"{k}={v:.3f}" for k, v in out[n].items()), flush=True)
     if a.output:

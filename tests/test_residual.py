@@ -257,3 +257,42 @@ def test_hloc_extract_features_with_residual(tiny_weights, two_photos, tmp_path)
         g = f[names[0]]
         assert g["descriptors"].shape[0] == 32 and g["keypoints"].shape[1] == 2
         assert g["descriptors"].shape[1] == g["keypoints"].shape[0] <= 256
+
+
+def test_shipped_recipe_removes_spurious_mutual_matches():
+    """The training recipe of confs/train/residual_sift.yaml (full-size model, its loss and learning
+    rates) on a fixed batch of real homography pairs: the mutual-NN loss falls and the batch's hard
+    mutual-NN precision rises — the keypoints without a correspondence lose their (wrong) mutual
+    matches, which is where the shipped weights gain over the handcrafted initialisation. (With
+    unmatched_weight 0 the same steps lower the precision: 0.847 → 0.826, more mutual matches.)"""
+    from training.config import load_config
+    from training.trainer import param_groups
+
+    conf = load_config("residual_sift")
+    assert conf["loss"]["type"] == "mutual" and float(conf["loss"]["unmatched_weight"]) > 1
+    rng = np.random.default_rng(3)
+    samples = []
+    for name in ("astronaut.png", "chelsea.png", "coffee.png"):
+        pair = sample_pair(photo_tensor(name), {**conf["data"]["homography"], "size": 192}, rng)
+        s = {"view0": pair["view0"], "view1": pair["view1"], "valid0": torch.from_numpy(pair["valid0"]),
+             "valid1": torch.from_numpy(pair["valid1"]), "H_0to1": torch.from_numpy(pair["H_0to1"].astype(np.float32))}
+        samples.append(R.prepare(s, conf))
+    batch = R.collate(samples)
+    torch.manual_seed(0)
+    model = ResidualDescriptor({k: v for k, v in conf["model"].items() if k != "name"})
+    loss_fn = R.Loss(conf["loss"])
+    opt = torch.optim.Adam(param_groups(model, loss_fn, float(conf["train"]["lr"]), conf["train"]["lr_groups"]))
+    hist = []
+    for _ in range(25):
+        loss, logs = loss_fn(model, batch)
+        hist.append((loss.item(), float(logs["mnn_precision"]), float(logs["mnn_matches"])))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        loss, logs = loss_fn(model, batch)
+    (l0, p0, n0), (l1, p1, n1) = hist[0], (loss.item(), float(logs["mnn_precision"]), float(logs["mnn_matches"]))
+    assert float(logs["n_pos"]) > 10 and float(logs["n_unmatched"]) > 10  # real pairs: both kinds exist
+    assert l1 < 0.9 * l0
+    assert p1 > p0 + 0.03, (p0, p1)
+    assert n1 < n0  # fewer mutual matches: the removed ones were the wrong ones

@@ -62,3 +62,26 @@ def test_mutual_rates_split_keypoints_by_correspondence(pairs):
     assert s["mnn_corr"] < 0.05
     # the same protocol as the MMA of training.validation: more correct matches, higher MMA
     assert evaluate_pairs(rootsift, pairs)["mma@3"] > evaluate_pairs(shuffled, pairs)["mma@3"] + 0.5
+
+
+def test_residual_probe_shipped_weights_have_fewer_spurious_mutual_matches(pairs):
+    """--method residual: the shipped residual_sift weights against their own initialisation
+    ('untrained': the training run's step 0, SIFT + SIFT-context) on real photo pairs. Training
+    removed mutual matches of keypoints that have no correspondence and kept the correct ones."""
+    from benchmarks.val_probe import _extractor, mutual_rates
+    from hndesc_features.models.checkpoints import WEIGHTS_DIR
+
+    shipped = WEIGHTS_DIR / "residual_sift.pt"
+    init = mutual_rates(_extractor("residual", "untrained"), pairs)
+    trained = mutual_rates(_extractor("residual", str(shipped)), pairs)
+    assert 0.5 < init["mnn_corr"] <= 1.0
+    assert trained["mnn_nocorr"] < init["mnn_nocorr"] - 0.02, (init, trained)
+    assert trained["mnn_corr"] > init["mnn_corr"] - 0.05, (init, trained)
+
+
+def test_val_probe_cli_refuses_unknown_method(capsys):
+    from benchmarks.val_probe import main
+
+    with pytest.raises(SystemExit):
+        main(["--method", "superpoint", "--weights", "untrained"])
+    assert "invalid choice" in capsys.readouterr().err
