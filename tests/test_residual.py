@@ -37,6 +37,18 @@ def photo_tensor(name="astronaut.png", size=None) -> torch.Tensor:
     return t
 
 
+def real_batch(conf: dict, photos, homography: dict, seed: int) -> dict:
+    """A training batch (R.prepare + R.collate) of homography pairs of real photos."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for name in photos:
+        pair = sample_pair(photo_tensor(name), homography, rng)
+        s = {"view0": pair["view0"], "view1": pair["view1"], "valid0": torch.from_numpy(pair["valid0"]),
+             "valid1": torch.from_numpy(pair["valid1"]), "H_0to1": torch.from_numpy(pair["H_0to1"].astype(np.float32))}
+        samples.append(R.prepare(s, conf))
+    return R.collate(samples)
+
+
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> Path:
     torch.manual_seed(0)
@@ -178,14 +190,7 @@ def test_prepare_builds_consistent_gt_matches():
 def test_loss_decreases_on_a_fixed_batch():
     conf = {"model": {"name": "residual", "descriptor": "sift", **TINY, "cnn_scale": 0.5},
             "loss": {"name": "residual", "train_keypoints": 128}}
-    rng = np.random.default_rng(1)
-    samples = []
-    for name in ("astronaut.png", "chelsea.png"):
-        pair = sample_pair(photo_tensor(name), {"mode": "full", "size": 128}, rng)
-        s = {"view0": pair["view0"], "view1": pair["view1"], "valid0": torch.from_numpy(pair["valid0"]),
-             "valid1": torch.from_numpy(pair["valid1"]), "H_0to1": torch.from_numpy(pair["H_0to1"].astype(np.float32))}
-        samples.append(R.prepare(s, conf))
-    batch = R.collate(samples)
+    batch = real_batch(conf, ("astronaut.png", "chelsea.png"), {"mode": "full", "size": 128}, seed=1)
     torch.manual_seed(0)
     model = ResidualDescriptor({k: v for k, v in conf["model"].items() if k != "name"})
     loss_fn = R.Loss(conf["loss"])
@@ -270,14 +275,8 @@ def test_shipped_recipe_removes_spurious_mutual_matches():
 
     conf = load_config("residual_sift")
     assert conf["loss"]["type"] == "mutual" and float(conf["loss"]["unmatched_weight"]) > 1
-    rng = np.random.default_rng(3)
-    samples = []
-    for name in ("astronaut.png", "chelsea.png", "coffee.png"):
-        pair = sample_pair(photo_tensor(name), {**conf["data"]["homography"], "size": 192}, rng)
-        s = {"view0": pair["view0"], "view1": pair["view1"], "valid0": torch.from_numpy(pair["valid0"]),
-             "valid1": torch.from_numpy(pair["valid1"]), "H_0to1": torch.from_numpy(pair["H_0to1"].astype(np.float32))}
-        samples.append(R.prepare(s, conf))
-    batch = R.collate(samples)
+    batch = real_batch(conf, ("astronaut.png", "chelsea.png", "coffee.png"),
+                       {**conf["data"]["homography"], "size": 192}, seed=3)
     torch.manual_seed(0)
     model = ResidualDescriptor({k: v for k, v in conf["model"].items() if k != "name"})
     loss_fn = R.Loss(conf["loss"])
