@@ -102,10 +102,9 @@ def _patch_net(weights: str):
     return load_hndesc("patch", weights)
 
 
-def _describer(method: str, weights: str):
-    """(image 3×H×W, frames N×4) → N×D unit descriptors, for --diagnose."""
-    if method != "hndesc_patch":
-        raise BenchmarkError("--diagnose needs --method hndesc_patch (DoG frames)")
+def _describer(weights: str):
+    """hndesc_patch (or RootSIFT): (image 3×H×W, frames N×4) → N×D unit descriptors, for the exact-frame
+    probe of --diagnose."""
     if weights == "rootsift":
         return rootsift_at
     net = _patch_net(weights)
@@ -227,7 +226,7 @@ def main(argv=None) -> dict:
         if a.diagnose:
             r = mutual_rates(fn, pairs)
             if a.method == "hndesc_patch":
-                r.update(frame_probe(_describer(a.method, n), pairs))
+                r.update(frame_probe(_describer(n), pairs))
             out[n].update({k: round(v, 4) for k, v in r.items()})
         print(f"{n:60s} " + "  ".join(f"{k}={v:.3f}" for k, v in out[n].items()), flush=True)
     if a.output:

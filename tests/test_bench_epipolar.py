@@ -7,6 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import epipolar as E
 from benchmarks.common import BenchmarkError, shared_data_dir
@@ -26,6 +27,7 @@ def _camera(scene: str, i: int):
 def real_matches():
     """RootSIFT mutual-NN matches of fountain-P11 views 0 and 1 at 1024 px, with their GT geometry."""
     from hndesc_features.handcrafted import detect_sift
+    from training.validation import mutual_nn
 
     imgs = []
     for i in (0, 1):
@@ -33,10 +35,8 @@ def real_matches():
         s = 1024 / max(img.shape)
         imgs.append(cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA))
     f0, f1 = (detect_sift(im, 2000, 0.005, root=True) for im in imgs)
-    sim = f0["descriptors"] @ f1["descriptors"].T
-    nn01, nn10 = sim.argmax(1), sim.argmax(0)
-    i = np.nonzero(nn10[nn01] == np.arange(len(nn01)))[0]
-    x0, x1 = f0["keypoints"][i].astype(np.float64), f1["keypoints"][nn01[i]].astype(np.float64)
+    m = mutual_nn(torch.from_numpy(f0["descriptors"]), torch.from_numpy(f1["descriptors"]))
+    x0, x1 = f0["keypoints"][m[:, 0]].astype(np.float64), f1["keypoints"][m[:, 1]].astype(np.float64)
     F, R, t, K0, K1 = E.pair_geometry(_camera("fountain-P11", 0), _camera("fountain-P11", 1), s)
     return x0, x1, F, R, t, K0, K1
 
