@@ -1,7 +1,9 @@
-"""Only here to put the hloc hook (a .pth file) at the root of site-packages.
+"""Only here to put the hloc hook's start-up files at the root of site-packages.
 
-pyproject.toml holds all metadata. The .pth file runs one guarded import at interpreter start
-(see hndesc_features/hloc/hook.py); it works for `pip install .` and `pip install -e .`.
+pyproject.toml holds all metadata. Two files call `hndesc_features.hloc.hook:startup` at
+interpreter start (see hndesc_features/hloc/hook.py), for `pip install .` and `pip install -e .`:
+the .pth file's guarded import line (Python <= 3.14) and the PEP 829 .start file of the same
+name (Python >= 3.15, where it also disables the .pth file's import line).
 """
 from pathlib import Path
 
@@ -9,10 +11,10 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 PTH = "hndesc_features_hloc.pth"
-PTH_LINE = (
-    "import os, sys; exec('try:\\n import hndesc_features.hloc.hook as _h; _h.install()\\n"
-    "except Exception:\\n pass') if not os.environ.get('HNDESC_NO_HLOC_HOOK') else None\n"
-)
+PTH_LINE = "import sys; exec('try:\\n import hndesc_features.hloc.hook as _h; _h.startup()\\nexcept Exception:\\n pass')\n"
+START = "hndesc_features_hloc.start"
+START_LINE = "hndesc_features.hloc.hook:startup\n"
+STARTUP_FILES = {PTH: PTH_LINE, START: START_LINE}
 
 
 class BuildPyWithPth(build_py):
@@ -24,10 +26,11 @@ class BuildPyWithPth(build_py):
             targets.append(Path(self.get_finalized_command("install").install_lib))
         for t in targets:
             t.mkdir(parents=True, exist_ok=True)
-            (t / PTH).write_text(PTH_LINE)
+            for name, text in STARTUP_FILES.items():
+                (t / name).write_text(text)
 
     def get_outputs(self, include_bytecode=1):
-        return super().get_outputs(include_bytecode) + [str(Path(self.build_lib) / PTH)]
+        return super().get_outputs(include_bytecode) + [str(Path(self.build_lib) / n) for n in STARTUP_FILES]
 
 
 

@@ -12,12 +12,40 @@ from hndesc_features.hloc.hook import inject_confs, patch_source
 OURS_HANDCRAFTED = ["rootsift", "rootsift_upright", "orb", "surf"]
 
 
-def test_patch_source_inserts_after_confs():
-    src = "import x\nconfs = {\n  'a': 1,\n}\n\ndef main():\n    return confs\n"
+def test_patch_source_appends_on_the_closing_line():
+    src = "import x\nconfs = {\n  'a': 1,\n}  # é comment\n\ndef main():\n    return confs\n"
     out = patch_source(src)
     lines = out.splitlines()
-    assert lines[4].startswith("__import__('hndesc_features.hloc'") and lines[3] == "}"
+    assert len(lines) == len(src.splitlines())  # no line added: hloc's line numbers are kept
+    assert lines[3].startswith("}; __import__('hndesc_features.hloc'") and lines[3].endswith("# é comment")
+    ns = {}
+    exec(compile(out.replace("import x", "pass"), "m", "exec"), ns)
+    assert ns["main"].__code__.co_firstlineno == 6 and set(ns["confs"]) >= {"a", "rootsift"}
     assert patch_source("x = 1\n") is None
+
+
+@requires_hloc
+def test_hooked_hloc_keeps_its_line_numbers():
+    """Every function of the hooked hloc.extract_features starts on the line its file shows, and a
+    traceback through it names hloc's real line."""
+    code = (
+        "import inspect, traceback, hloc.extract_features as e\n"
+        "from pathlib import Path\n"
+        "assert 'rootsift_upright' in e.confs\n"
+        "lines = Path(e.__file__).read_text().splitlines()\n"
+        "fs = [f for f in vars(e).values() if inspect.isfunction(f) and f.__module__ == e.__name__]\n"
+        "assert fs\n"
+        "for f in map(inspect.unwrap, fs):\n"
+        "    n = f.__code__.co_firstlineno\n"
+        "    assert lines[n - 1].lstrip().startswith(('def ' + f.__name__, '@')), (f.__name__, n, lines[n - 1])\n"
+        "try:\n"
+        "    e.main({'model': {'name': 'hf_no_such'}, 'preprocessing': {}, 'output': 'x'}, Path('/nonexistent'))\n"
+        "except Exception:\n"
+        "    tb = [fr for fr in traceback.extract_tb(__import__('sys').exc_info()[2]) if fr.filename == e.__file__]\n"
+        "    assert tb and all(lines[fr.lineno - 1].strip() == fr.line for fr in tb), tb\n"
+        "    print('TB-OK', len(tb))\n")
+    p = run_py(["-c", code], cwd=ROOT.parent)
+    assert "TB-OK" in p.stdout, p.stdout + p.stderr
 
 
 def test_inject_never_overrides_existing_names():

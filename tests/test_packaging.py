@@ -14,7 +14,7 @@ def test_wheel_contents_and_hook(tmp_path):
                     str(ROOT), "-w", str(tmp_path / "w")], check=True, capture_output=True)
     wheel = next((tmp_path / "w").glob("hndesc_features-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "hndesc_features_hloc.pth" in names
+    assert "hndesc_features_hloc.pth" in names and "hndesc_features_hloc.start" in names
     for conf in ("rootsift", "rootsift_upright", "surf", "orb"):
         assert f"hndesc_features/_confs/features/{conf}.yaml" in names
     assert "hndesc_features/training/trainer.py" in names or "hndesc_features/training/__init__.py" in names
@@ -50,3 +50,20 @@ def test_wheel_contents_and_hook(tmp_path):
         p = run_py(["-S", "-c", code2], cwd=tmp_path, check=False)
         help_text = p.stdout.split("HELP-START")[-1]
         assert "superpoint_aachen" in help_text and "rootsift_upright" in help_text, p.stdout + p.stderr
+
+    # PEP 829 (Python >= 3.15): the .start file of the same name replaces the .pth import line.
+    # Do what site.py does with it (resolve each entry point with pkgutil.resolve_name and call it)
+    # on the installed copy, without running the .pth file.
+    start = (target / "hndesc_features_hloc.start").read_text().split()
+    assert start == ["hndesc_features.hloc.hook:startup"]
+    pep829 = ("import pkgutil, sys\n"
+              f"sys.path[:0] = [{str(target)!r}]\n"
+              f"sys.path.append({purelib!r})\n"
+              f"pkgutil.resolve_name({start[0]!r})()\n"
+              "import hndesc_features.hloc.hook as h\n"
+              "print('FROM', h.__file__)\n"
+              "print('HOOK', h.installed())\n")
+    p = run_py(["-S", "-c", pep829], cwd=tmp_path)
+    assert f"FROM {target}" in p.stdout and "HOOK True" in p.stdout, p.stdout + p.stderr
+    p = run_py(["-S", "-c", pep829], cwd=tmp_path, env_extra={"HNDESC_NO_HLOC_HOOK": "1"})
+    assert "HOOK False" in p.stdout, p.stdout + p.stderr

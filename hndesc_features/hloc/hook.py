@@ -5,11 +5,17 @@ argparse reads at import, and `dynamic_load` only accepts classes defined in a m
 `hloc.extractors.<name>`. A `sys.meta_path` finder therefore
 - serves `hloc.extractors.hf_<x>` from our file `hndesc_features/extractors/<x>.py` (executed
   under hloc's module name, so `dynamic_load` accepts its class), and
-- loads `hloc.extract_features` with one line added right after its top-level `confs = {...}`,
-  which adds our feature confs (never replacing a name hloc already defines).
+- loads `hloc.extract_features` with one statement appended to the last line of its top-level
+  `confs = {...}` (`}; <inject>`: no line is added, so hloc's tracebacks keep hloc's own line
+  numbers), which adds our feature confs (never replacing a name hloc already defines).
 
-`install()` is called from `hndesc_features_hloc.pth` at interpreter start-up (disabled by the
-environment variable HNDESC_NO_HLOC_HOOK=1). It imports neither hloc nor torch and never raises.
+Start-up: `startup()` runs at interpreter start from two files at the root of site-packages, so
+the hook works before and after PEP 829 (Python 3.15: `.start` entry points replace `import`
+lines in `.pth` files; a `.start` file disables the import lines of the `.pth` file of the same
+name, so exactly one of the two runs on any Python):
+- `hndesc_features_hloc.pth`: one guarded `import` line (Python <= 3.14 reads it);
+- `hndesc_features_hloc.start`: `hndesc_features.hloc.hook:startup` (Python >= 3.15).
+`HNDESC_NO_HLOC_HOOK=1` switches it off. It imports neither hloc nor torch and never raises.
 """
 from __future__ import annotations
 
@@ -44,15 +50,20 @@ def inject_confs(confs: dict) -> list[str]:
 
 
 def patch_source(source: str) -> str | None:
-    """hloc.extract_features' source with INJECT_LINE after `confs = {...}`; None if not found."""
+    """hloc.extract_features' source with `; INJECT_LINE` appended right after the end of its
+    top-level `confs = {...}` statement, on the same line (line count and numbers unchanged);
+    None if there is no such statement."""
     tree = ast.parse(source)
     for node in tree.body:
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(isinstance(t, ast.Name) and t.id == "confs" for t in targets):
                 lines = source.splitlines(keepends=True)
-                end = node.end_lineno
-                return "".join(lines[:end]) + INJECT_LINE + "\n" + "".join(lines[end:])
+                i = node.end_lineno - 1
+                raw = lines[i].encode("utf-8")  # end_col_offset counts UTF-8 bytes
+                head, tail = raw[: node.end_col_offset].decode("utf-8"), raw[node.end_col_offset:].decode("utf-8")
+                lines[i] = f"{head}; {INJECT_LINE}{tail}"
+                return "".join(lines)
     return None
 
 
@@ -90,6 +101,17 @@ class HlocFinder(importlib.abc.MetaPathFinder):
 
 def installed() -> bool:
     return any(isinstance(f, HlocFinder) for f in sys.meta_path)
+
+
+def startup() -> None:
+    """Interpreter start-up entry point (the .pth line and the PEP 829 .start file call this)."""
+    try:
+        import os
+
+        if not os.environ.get("HNDESC_NO_HLOC_HOOK"):
+            install()
+    except Exception:
+        pass
 
 
 def install() -> None:
