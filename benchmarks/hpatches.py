@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hndesc_features.geometry import corner_error, estimate_homography, mma, mutual_nn, reprojection_errors, warp_points
+
 from .common import (BenchmarkError, conf_with, extract, logger, read_features, resolve_feature_conf,
                      run_cli, slug, split_names, write_json)
 
@@ -149,35 +151,10 @@ def download_hpatches(dest: Path, url: str = HPATCHES_URL, sha256: Optional[str]
 
 # ----------------------------------------------------------------------------------------------
 # evaluation primitives (pure numpy / torch)
-def mutual_nn(desc0: np.ndarray, desc1: np.ndarray) -> np.ndarray:
-    """Mutual nearest neighbours of N×D and M×D descriptors by dot product (= L2 distance on
-    L2-normalised descriptors, as D2-Net's mnn_matcher). Returns K×2 index pairs."""
-    if len(desc0) == 0 or len(desc1) == 0:
-        return np.zeros((0, 2), int)
-    d0 = torch.from_numpy(np.ascontiguousarray(desc0, np.float32))
-    d1 = torch.from_numpy(np.ascontiguousarray(desc1, np.float32))
-    sim = d0 @ d1.T
-    nn01 = sim.argmax(1)
-    nn10 = sim.argmax(0)
-    ids0 = torch.arange(len(d0))
-    mask = nn10[nn01] == ids0
-    return torch.stack([ids0[mask], nn01[mask]], 1).numpy()
-
-
-def warp_points(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    if len(pts) == 0:
-        return np.zeros((0, 2))
-    p = np.concatenate([pts, np.ones((len(pts), 1))], 1) @ H.T
-    return p[:, :2] / p[:, 2:]
-
-
 def mma_pair(kp0: np.ndarray, kp1: np.ndarray, matches: np.ndarray, H: np.ndarray,
              thresholds: Sequence[float] = MMA_THRESHOLDS) -> np.ndarray:
     """Share of matches within each threshold (0 for every threshold if there is no match)."""
-    if len(matches) == 0:
-        return np.zeros(len(thresholds))
-    dist = np.linalg.norm(warp_points(H, kp0[matches[:, 0]]) - kp1[matches[:, 1]], axis=1)
-    return np.array([np.mean(dist <= t) for t in thresholds])
+    return mma(reprojection_errors(kp0, kp1, matches, H), thresholds)
 
 
 def top_k(feats: dict, k: Optional[int]) -> dict:
@@ -235,7 +212,7 @@ def evaluate_mma(root: Path, seqs: Sequence[str], feature_path: Path,
 def _shared(feats: dict, H: np.ndarray, shape_other) -> dict:
     """Keypoints whose warp by H lands inside the other image (h, w)."""
     h, w = shape_other
-    q = warp_points(H, feats["keypoints"])
+    q = warp_points(feats["keypoints"], H)
     keep = (q[:, 0] >= 0) & (q[:, 0] <= w - 1) & (q[:, 1] >= 0) & (q[:, 1] <= h - 1)
     out = dict(feats)
     for key in ("keypoints", "descriptors", "scores"):
@@ -254,21 +231,14 @@ def homography_pair(f0: dict, f1: dict, H: np.ndarray, shape, k: int,
     kp0, kp1 = f0["keypoints"][m[:, 0]], f1["keypoints"][m[:, 1]]
     # matching score, both directions
     if len(m):
-        c01 = np.sum(np.linalg.norm(warp_points(H, kp0) - kp1, axis=1) <= correct_thresh)
-        c10 = np.sum(np.linalg.norm(warp_points(np.linalg.inv(H), kp1) - kp0, axis=1) <= correct_thresh)
+        c01 = np.sum(np.linalg.norm(warp_points(kp0, H) - kp1, axis=1) <= correct_thresh)
+        c10 = np.sum(np.linalg.norm(warp_points(kp1, np.linalg.inv(H)) - kp0, axis=1) <= correct_thresh)
     else:
         c01 = c10 = 0
     ms = 0.5 * (c01 / max(len(f0["keypoints"]), 1) + c10 / max(len(f1["keypoints"]), 1))
     # homography estimation
-    err = np.inf
-    if len(m) >= 4:
-        cv2.setRNGSeed(0)
-        H_est, _ = cv2.findHomography(kp0.astype(np.float64), kp1.astype(np.float64), cv2.RANSAC,
-                                      ransac_thresh)
-        if H_est is not None:
-            corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], float)
-            err = float(np.mean(np.linalg.norm(warp_points(H_est, corners) - warp_points(H, corners),
-                                               axis=1)))
+    H_est = estimate_homography(kp0, kp1, ransac_thresh, confidence=0.995, seed=0)  # OpenCV's defaults
+    err = corner_error(H_est, H, (h, w))
     return {"corner_error": err, "matching_score": float(ms), "num_matches": int(len(m)),
             "num_keypoints": (int(len(f0["keypoints"])), int(len(f1["keypoints"])))}
 

@@ -21,8 +21,9 @@ import h5py
 import numpy as np
 
 from .common import BenchmarkError, read_features, run_cli
-from .hpatches import (_max_kp_override, dataset_root, image_file, list_sequences, mutual_nn, read_homography,
-                       top_k, warp_points)
+from hndesc_features.geometry import mutual_nn, warp_points
+
+from .hpatches import _max_kp_override, dataset_root, image_file, list_sequences, read_homography, top_k
 
 FIELDS = ("matches", "correct", "wrong_no_correspondence", "wrong_with_correspondence", "keypoints_with_correspondence")
 
@@ -30,7 +31,7 @@ FIELDS = ("matches", "correct", "wrong_no_correspondence", "wrong_with_correspon
 def pair_errors(f0: dict, f1: dict, H: np.ndarray, threshold: float = 3.0) -> np.ndarray:
     """[matches, correct, wrong (no correspondence), wrong (with one), keypoints with one] of a pair."""
     m = mutual_nn(f0["descriptors"], f1["descriptors"])
-    p = warp_points(H, f0["keypoints"].astype(np.float64))
+    p = warp_points(f0["keypoints"].astype(np.float64), H)
     if len(p) == 0 or len(f1["keypoints"]) == 0:
         return np.array([len(m), 0, len(m), 0, 0])
     nearest = np.linalg.norm(p[:, None] - f1["keypoints"][None], axis=-1).min(1)

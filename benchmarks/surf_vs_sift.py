@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from hndesc_features.geometry import homography_error, mutual_nn, reprojection_errors
+
 from .common import BenchmarkError, logger, run_cli
 
 METHODS = ["surf64", "surf128", "usurf64", "sift", "rootsift"]
@@ -79,31 +81,11 @@ def sample_homography(w: int, h: int, rng: np.random.Generator, rotation: float,
     return cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32)).astype(np.float64)
 
 
-def warp_points(H: np.ndarray, p: np.ndarray) -> np.ndarray:
-    q = np.concatenate([p, np.ones((len(p), 1))], 1) @ H.T
-    return q[:, :2] / q[:, 2:]
-
-
-def mutual_nn(d0: np.ndarray, d1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if len(d0) == 0 or len(d1) == 0:
-        return np.zeros(0, int), np.zeros(0, int)
-    sim = d0 @ d1.T
-    nn01, nn10 = sim.argmax(1), sim.argmax(0)
-    i = np.nonzero(nn10[nn01] == np.arange(len(d0)))[0]
-    return i, nn01[i]
-
-
 def evaluate_pair(f0: dict, f1: dict, H: np.ndarray, w: int, h: int) -> dict:
-    i, j = mutual_nn(f0["descriptors"], f1["descriptors"])
-    p0, p1 = f0["keypoints"][i].astype(np.float64), f1["keypoints"][j].astype(np.float64)
-    err = np.linalg.norm(warp_points(H, p0) - p1, axis=1) if len(i) else np.zeros(0)
-    corner_err = np.inf
-    if len(i) >= 4:
-        He, _ = cv2.findHomography(p0, p1, cv2.RANSAC, 3.0, maxIters=2000, confidence=0.999)
-        if He is not None:
-            corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
-            diff = warp_points(He, corners) - warp_points(H, corners)
-            corner_err = float(np.mean(np.linalg.norm(diff, axis=1)))
+    m = mutual_nn(f0["descriptors"], f1["descriptors"])
+    i = m[:, 0]
+    err = reprojection_errors(f0["keypoints"], f1["keypoints"], m, H)
+    corner_err = homography_error(f0["keypoints"][m[:, 0]], f1["keypoints"][m[:, 1]], H, (h, w))
     return {"n_kpts": (len(f0["keypoints"]) + len(f1["keypoints"])) / 2, "n_matches": len(i),
             "correct": {t: int(np.sum(err < t)) for t in (1, 3, 5)}, "corner_err": corner_err}
 

@@ -3,12 +3,12 @@ synthetic homographies), optionally with a photometric change on the second view
 to compare training recipes against the handcrafted baseline and the untrained network.
 
     python -m benchmarks.val_probe --method hndesc_patch --weights untrained,runs/x/x.pt --photometric
-    python -m benchmarks.val_probe --method wlrn --weights untrained,hndesc_features/weights/wlrn_orb.pt
+    python -m benchmarks.val_probe --method wlrn --weights untrained,hndesc_features/weights/kcc_orb.pt
     python -m benchmarks.val_probe --method residual --weights untrained,hndesc_features/weights/residual_sift.pt --diagnose
 
 ``--method hndesc_patch``: DoG frames + the patch backbone vs RootSIFT on the same detector
 (val conf of confs/train/hndesc_patch.yaml, RGB). ``--method wlrn``: ORB keypoints + the wlrn
-network vs raw ORB (val conf of confs/train/wlrn_orb.yaml on the held-out photos, grayscale).
+network vs raw ORB (val conf of confs/train/kcc_orb.yaml on the held-out photos, grayscale).
 ``--method residual``: the residual model on its own handcrafted keypoints vs RootSIFT on the same
 DoG detector (val conf of confs/train/residual_sift.yaml: scale 0.5–2, rotation ±45°, RGB).
 ``untrained`` = the network initialised as its training config does (torch seed 0), not trained. Mutual-NN MMA@1/3, RANSAC
@@ -36,7 +36,7 @@ import torch
 from .common import BenchmarkError, run_cli
 
 KEYS = ("mma@1", "mma@3", "homography@3", "matches")
-TRAIN_CONF = {"hndesc_patch": "hndesc_patch", "wlrn": "wlrn_orb", "residual": "residual_sift"}
+TRAIN_CONF = {"hndesc_patch": "hndesc_patch", "wlrn": "kcc_orb", "residual": "residual_sift"}
 JITTERS = (0.0, 5.0, 10.0)
 
 
@@ -92,14 +92,14 @@ def rootsift_at(image: torch.Tensor, frames: np.ndarray) -> np.ndarray:
 
 
 def _patch_net(weights: str):
-    from hndesc_features.extractors.hndesc import load_hndesc
+    from hndesc_features import weights as registry
     from hndesc_features.models.checkpoints import build_model
     from training.config import load_config
 
     if weights == "untrained":
         torch.manual_seed(0)
         return build_model("hndesc_patch", load_config("hndesc_patch")["model"]).eval()
-    return load_hndesc("patch", weights)
+    return registry.load_model(weights, "hndesc_patch")[0]
 
 
 def _describer(weights: str):
@@ -178,24 +178,21 @@ def _extractor(method: str, weights: str):
         return run_residual
 
     if method == "hndesc_patch":
-        from training.config import load_config
-        from training.losses.hndesc import extract
-
-        conf = load_config("hndesc_patch")
         net = _patch_net(weights)
-        return lambda img: extract(net, img, conf, 1024)
+        return lambda img: net.extract(img, 1024)
 
-    from hndesc_features.models.wlrn import WLRNet, describe_orb, load_wlrn_state_dict
+    from hndesc_features import weights as registry
+    from hndesc_features.models.kcc import KCCNet
     from training.config import load_config
 
     torch.manual_seed(0)
-    net = WLRNet(load_config("wlrn_orb")["model"])  # the training run's initialisation scheme
+    net = KCCNet(load_config("kcc_orb")["model"])  # the training run's initialisation scheme
     if weights != "untrained":
-        load_wlrn_state_dict(net, weights)
+        net = registry.load_model(weights, "kcc")[0]
     net.eval()
 
     def run(img):
-        f = describe_orb(net, (img[0] * 255).round(), 1024, 1.5, True, 1024)
+        f = net.extract(img, 1024)
         return {"keypoints": f["keypoints"], "descriptors": f["descriptors"]}
     return run
 

@@ -14,6 +14,8 @@ import yaml
 
 #: hloc's model names for our extractors are `hf_<module>` (module = hndesc_features/extractors/<module>.py)
 HLOC_PREFIX = "hf_"
+#: old conf names that keep working (same conf as their target)
+ALIASES = {"features": {"wlrn_orb": "kcc_orb"}, "matchers": {}}
 
 
 def _confs_root():
@@ -29,24 +31,48 @@ def _confs_root():
     raise FileNotFoundError("hndesc_features: cannot find the confs/ folder (broken install?)")
 
 
+def _summary(text: str) -> str:
+    """The first comment line of a conf file: its one-line description."""
+    first = text.lstrip().splitlines()[0] if text.strip() else ""
+    return first.lstrip("#").strip() if first.startswith("#") else ""
+
+
 @lru_cache(maxsize=None)
-def _load(kind: str) -> dict:
+def _load(kind: str) -> tuple[dict, dict]:
     root = _confs_root().joinpath(kind)
-    out = {}
+    out, summaries = {}, {}
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".yaml"):
-            conf = yaml.safe_load(entry.read_text())
-            out[entry.name[: -len(".yaml")]] = conf
-    return out
+            text = entry.read_text()
+            name = entry.name[: -len(".yaml")]
+            out[name] = yaml.safe_load(text)
+            summaries[name] = _summary(text)
+    for alias, target in ALIASES[kind].items():
+        if target in out and alias not in out:
+            out[alias] = out[target]
+            summaries[alias] = f"alias of {target}"
+    return out, summaries
 
 
 def feature_confs() -> dict:
-    """name → hloc-style feature conf {output, model, preprocessing} (a fresh copy)."""
-    return copy.deepcopy(_load("features"))
+    """name → hloc-style feature conf {output, model, preprocessing} (a fresh copy; aliases included)."""
+    return copy.deepcopy(_load("features")[0])
 
 
 def matcher_confs() -> dict:
-    return copy.deepcopy(_load("matchers"))
+    return copy.deepcopy(_load("matchers")[0])
+
+
+def summaries(kind: str = "features") -> dict:
+    """name → one-line description (the first comment line of its YAML file)."""
+    return dict(_load(kind)[1])
+
+
+def help_epilog(kind: str = "features") -> str:
+    """A `--help` epilog listing every conf with its one-line description."""
+    items = summaries(kind)
+    width = max(map(len, items), default=0)
+    return f"{kind[:-1]} confs:\n" + "\n".join(f"  {n:<{width}}  {d}" for n, d in items.items())
 
 
 def get_feature_conf(name: str) -> dict:

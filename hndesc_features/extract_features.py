@@ -216,15 +216,20 @@ def main(
 
 
 def build_parser(confs: dict) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    from .confs import help_epilog
+
+    parser = argparse.ArgumentParser(prog="python -m hndesc_features.extract_features",
+                                     description=__doc__.split("\n\n")[0], epilog=help_epilog("features"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image_dir", type=Path, required=True)
-    parser.add_argument("--export_dir", type=Path, required=True)
-    parser.add_argument("--conf", type=str, default="rootsift", choices=list(confs.keys()))
-    parser.add_argument("--as_half", action="store_true")
-    parser.add_argument("--image_list", type=Path)
-    parser.add_argument("--feature_path", type=Path)
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--image_dir", type=Path, required=True, help="folder of images (searched recursively)")
+    parser.add_argument("--export_dir", type=Path, required=True,
+                        help="output folder; features go to <export_dir>/<conf output>.h5")
+    parser.add_argument("--conf", type=str, default="rootsift", choices=list(confs.keys()), metavar="CONF",
+                        help="feature conf (listed below; default: rootsift)")
+    parser.add_argument("--as_half", action="store_true", help="store keypoints/descriptors as float16 (as hloc)")
+    parser.add_argument("--image_list", type=Path, help="text file of image names (relative to image_dir) to extract")
+    parser.add_argument("--feature_path", type=Path, help="explicit output .h5 path (overrides export_dir/<output>.h5)")
+    parser.add_argument("--overwrite", action="store_true", help="re-extract images already in the .h5")
     parser.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
     return parser
 

@@ -116,14 +116,20 @@ def main(conf: Dict, pairs: Path, features: Union[Path, str], export_dir: Option
 
 
 def cli(argv=None):
+    from .confs import help_epilog
+
     confs = matcher_confs()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=Path, required=True)
-    parser.add_argument("--export_dir", type=Path)
-    parser.add_argument("--features", type=str, default="feats-hf-rootsift-n4096-r1024")
-    parser.add_argument("--matches", type=Path)
-    parser.add_argument("--conf", type=str, default="NN-mutual", choices=list(confs.keys()))
-    parser.add_argument("--overwrite", action="store_true")
+    parser = argparse.ArgumentParser(prog="python -m hndesc_features.match_features",
+                                     description=__doc__.split("\n\n")[0], epilog=help_epilog("matchers"),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=Path, required=True, help="pairs file (one 'name0 name1' per line)")
+    parser.add_argument("--export_dir", type=Path, help="folder holding <features>.h5; matches are written there")
+    parser.add_argument("--features", type=str, default="feats-hf-rootsift-n4096-r1024",
+                        help="features name in export_dir (a feature conf's output) or a path to an .h5")
+    parser.add_argument("--matches", type=Path, help="explicit output matches .h5 path")
+    parser.add_argument("--conf", type=str, default="NN-mutual", choices=list(confs.keys()), metavar="CONF",
+                        help="matcher conf (listed below; default: NN-mutual)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute pairs already in the matches .h5")
     args = parser.parse_args(argv)
     try:
         main(confs[args.conf], args.pairs, args.features, args.export_dir, args.matches,

@@ -242,7 +242,7 @@ def test_loss_adapter_trains_in_batch(pairs):
     assert torch.isfinite(loss) and 0 <= loss.item() <= 1 and 0 <= float(logs["ap"]) <= 1
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    feats = L.extract(model.eval(), batch["view0"][:1], conf, 100)
+    feats = model.eval().extract(batch["view0"][:1], 100)
     assert feats["descriptors"].shape == (len(feats["keypoints"]), 128)
 
 

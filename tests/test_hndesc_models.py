@@ -210,7 +210,9 @@ def test_extractor_missing_weights_message(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         load_model({"name": "hf_hndesc", "weights": str(tmp_path / "nothing.pt")})
-    with pytest.raises(FileNotFoundError, match="released checkpoint"):
+    # the paper's backbones have no shipped weights: the message says where they go and how
+    with pytest.raises(FileNotFoundError, match=r"hndesc_caps.*user weights directory .*hndesc_features.weights "
+                                                r"install hndesc_caps FILE"):
         load_model({"name": "hf_hndesc", "backbone": "caps"})
 
 

@@ -174,7 +174,7 @@ def test_loss_trains_patch_backbone_and_rejects_positions_only(pairs):
     assert torch.isfinite(loss) and 0 <= loss.item() <= 1
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
-    feats = L.extract(model.eval(), batch["view0"][:1], conf, 100)
+    feats = model.eval().extract(batch["view0"][:1], 100)
     assert feats["keypoints"].shape[1] == 2 and feats["descriptors"].shape == (len(feats["keypoints"]), 128)
     batch2 = dict(batch, kpts0=batch["kpts0"][..., :2], kpts1=batch["kpts1"][..., :2])
     with pytest.raises(ValueError, match="frames.enable"):
@@ -211,7 +211,7 @@ def test_knn_file_from_our_model_drives_gd_mining(tmp_path):
     """training.knn writes an hloc-layout global-features file that KNNIndex reads; images of the
     same scene are each other's neighbours (real photos, shipped dense model)."""
     skd = pytest.importorskip("skimage.data")
-    from hndesc_features.extractors.hndesc import load_hndesc
+    from hndesc_features import weights as registry
     from training.knn import write_global_descriptors
     from training.losses.hndesc import KNNIndex
 
@@ -224,7 +224,7 @@ def test_knn_file_from_our_model_drives_gd_mining(tmp_path):
             p = folder / f"{name}_{k}.png"
             cv2.imwrite(str(p), cv2.cvtColor(img[y:y + 280, x:x + 280], cv2.COLOR_RGB2BGR))
             paths.append(p)
-    out = write_global_descriptors(paths, load_hndesc("small"), tmp_path / "knn.h5", size=256)
+    out = write_global_descriptors(paths, registry.load_model(None, "hndesc_small", "hndesc_small")[0], tmp_path / "knn.h5", size=256)
     idx = KNNIndex(out, [str(p) for p in paths], k=1)
     for p in paths:
         stem = p.stem.rsplit("_", 1)[0]

@@ -12,7 +12,8 @@ from conftest import requires_hloc, skimage_photo
 from hndesc_features.base_model import BaseModel
 from hndesc_features.extractors import load_model
 from hndesc_features.handcrafted import detect_sift
-from hndesc_features.models.checkpoints import WEIGHTS_DIR, export_weights
+from hndesc_features.models.checkpoints import export_weights
+from hndesc_features.weights import PACKAGE_DIR as WEIGHTS_DIR
 from hndesc_features.models.residual import ResidualDescriptor, to_gray_u8
 from training.geometry.homography import sample_pair, warp_points
 from training.losses import residual as R

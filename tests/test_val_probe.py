@@ -69,7 +69,7 @@ def test_residual_probe_shipped_weights_have_fewer_spurious_mutual_matches(pairs
     ('untrained': the training run's step 0, SIFT + SIFT-context) on real photo pairs. Training
     removed mutual matches of keypoints that have no correspondence and kept the correct ones."""
     from benchmarks.val_probe import _extractor, mutual_rates
-    from hndesc_features.models.checkpoints import WEIGHTS_DIR
+    from hndesc_features.weights import PACKAGE_DIR as WEIGHTS_DIR
 
     shipped = WEIGHTS_DIR / "residual_sift.pt"
     init = mutual_rates(_extractor("residual", "untrained"), pairs)

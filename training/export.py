@@ -1,7 +1,11 @@
 """Export a run's last checkpoint as a small shipped weights file.
 
-    python -m training.export runs/residual_sift            # → hndesc_features/weights/<name>.pt
-    python -m training.export runs/residual_sift --to my.pt
+    python -m hndesc_features.training.export runs/residual_sift   # → the user weights directory
+    python -m hndesc_features.training.export runs/residual_sift --to my.pt
+
+By default the file goes to the user weights directory (hndesc_features.weights.user_dir(),
+$HNDESC_WEIGHTS_DIR), where every conf finds it by name; `--to hndesc_features/weights/<name>.pt`
+ships it with the package (developers).
 
 The file holds {format, arch, conf, state_dict, meta} and loads with torch.load(weights_only=True)
 (see hndesc_features/models/checkpoints.py).
@@ -14,8 +18,9 @@ import sys
 from pathlib import Path
 
 from hndesc_features.models.checkpoints import (
-    WEIGHTS_DIR, CheckpointError, build_model, check_state_dict, export_weights, load_weights,
+    CheckpointError, build_model, check_state_dict, export_weights, load_weights,
 )
+from hndesc_features.weights import user_dir
 
 from .trainer import CKPT_NAME, _strip, load_checkpoint
 
@@ -30,7 +35,7 @@ def export_run(run_dir, to=None, name=None, best: bool = False) -> Path:
             raise CheckpointError(f"no *_best.pt in '{run_dir}' (validation never ran?)")
         load_weights(cands[0])  # checks the file
         name = name or cands[0].stem[: -len("_best")]
-        to = Path(to) if to else WEIGHTS_DIR / f"{name}.pt"
+        to = Path(to) if to else user_dir() / f"{name}.pt"
         to.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(cands[0], to)
         return to
@@ -40,17 +45,17 @@ def export_run(run_dir, to=None, name=None, best: bool = False) -> Path:
     model = build_model(ck["arch"], _strip(conf["model"]))
     check_state_dict(model, ck["model"], f"checkpoint '{path}'")
     name = name or conf.get("name") or run_dir.name
-    to = Path(to) if to else WEIGHTS_DIR / f"{name}.pt"
+    to = Path(to) if to else user_dir() / f"{name}.pt"
     meta = {"name": name, "step": int(ck["step"]), "train_seconds": round(float(ck.get("elapsed", 0)), 1),
             "config": json.dumps(conf, sort_keys=True)}
     return export_weights(to, ck["arch"], getattr(model, "conf", _strip(conf["model"])), ck["model"], meta)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m hndesc_features.training.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder (or a checkpoint file)")
-    p.add_argument("--to", help="output .pt (default: hndesc_features/weights/<config name>.pt)")
+    p.add_argument("--to", help="output .pt (default: <user weights directory>/<config name>.pt)")
     p.add_argument("--name", help="weights name (default: the config's name)")
     p.add_argument("--best", action="store_true", help="the best validation step's weights (<name>_best.pt)")
     a = p.parse_args(argv)

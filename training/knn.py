@@ -61,13 +61,13 @@ def main(argv=None) -> int:
                     help="image source as name:split (the training split of the dev photos by default)")
     ap.add_argument("--size", type=int, default=384, help="long side the images are resized to")
     a = ap.parse_args(argv)
-    from hndesc_features.extractors.hndesc import load_hndesc
+    from hndesc_features import weights as registry
 
     from .datasets.image_folder import source_paths
 
     name, _, split = a.images.partition(":")
     torch.set_grad_enabled(False)
-    model = load_hndesc(a.backbone, a.weights)
+    model = registry.load_model(a.weights, f"hndesc_{a.backbone}", f"hndesc_{a.backbone}")[0]
     out = write_global_descriptors(source_paths({"name": name, "split": split or "train"}), model, a.output, a.size)
     print(f"wrote {out}")
     return 0

@@ -67,8 +67,12 @@ DEFAULT_TRAIN = {
 
 
 # ----------------------------------------------------------------------------- method plumbing
+LOSS_ALIASES = {"wlrn": "kcc"}
+
+
 def load_method(name: str):
-    """The loss module training.losses.<name> (Loss class + optional prepare/collate/extract)."""
+    """The loss module training.losses.<name> (Loss class + optional prepare/collate)."""
+    name = LOSS_ALIASES.get(name, name)
     try:
         module = importlib.import_module(f"{__package__}.losses.{name}")
     except ModuleNotFoundError as e:
@@ -361,13 +365,13 @@ class Trainer:
                 yaml.safe_dump(conf, f, sort_keys=False)
 
     def _init_from(self, path) -> None:
-        from hndesc_features.models.checkpoints import WEIGHTS_DIR, load_weights
+        from hndesc_features import weights as registry
+        from hndesc_features.models.checkpoints import load_weights
 
-        p = Path(path)
-        if not p.is_file() and (WEIGHTS_DIR / p.name).is_file():
-            p = WEIGHTS_DIR / p.name
-        if not p.is_file():
-            raise CheckpointError(f"train.init_weights: no weights file '{path}'")
+        try:
+            p = registry.resolve(path, what="train.init_weights")
+        except FileNotFoundError as e:
+            raise CheckpointError(str(e)) from None
         _, obj = load_weights(p, self.arch)
         check_state_dict(self.model, obj["state_dict"], f"train.init_weights '{p}'")
         self.model.load_state_dict(obj["state_dict"])
@@ -431,14 +435,15 @@ class Trainer:
         from .validation import evaluate_pairs, make_pairs
 
         vc = merge(VAL_DEFAULT, self.val_conf)
-        extract = getattr(self.method, "extract", None)
-        if not vc["enable"] or extract is None:
+        # the model's own inference, exactly what the hloc extractor runs
+        net = self.model.module if hasattr(self.model, "module") else self.model
+        if not vc["enable"] or not hasattr(net, "extract"):
             return None
         if self.val_pairs is None:
             self.val_pairs = make_pairs(vc)
         self.model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            res = evaluate_pairs(lambda im: extract(self.model, im.to(self.device), self.conf, vc["max_keypoints"]),
+            res = evaluate_pairs(lambda im: net.extract(im.to(self.device), vc["max_keypoints"]),
                                  self.val_pairs, vc["thresholds"])
         self.model.train()
         return res

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import cv2
 import numpy as np
 import torch
 
 from .datasets.base import merge, read_image, resize_long_side, to_tensor
 from .datasets.image_folder import source_paths
-from .geometry.homography import sample_homography, warp_image, warp_points
+from hndesc_features.geometry import homography_error, mutual_nn, reprojection_errors
+from hndesc_features.geometry import mma as mma_at
+
+from .geometry.homography import sample_homography, warp_image
 
 DEFAULT_CONF = {
     "enable": True,
@@ -55,30 +57,6 @@ def make_pairs(conf: Optional[dict] = None) -> list[dict]:
     return pairs
 
 
-def mutual_nn(d0: torch.Tensor, d1: torch.Tensor) -> np.ndarray:
-    """Mutual nearest neighbours of L2-normalised N×D and M×D descriptors → K×2 indices."""
-    if len(d0) == 0 or len(d1) == 0:
-        return np.zeros((0, 2), np.int64)
-    sim = d0 @ d1.t()
-    nn01 = sim.argmax(1)
-    nn10 = sim.argmax(0)
-    i = torch.arange(len(d0))
-    ok = nn10[nn01] == i
-    return torch.stack([i[ok], nn01[ok]], -1).numpy()
-
-
-def homography_error(kp0, kp1, H_gt, hw, ransac_px: float = 3.0) -> float:
-    if len(kp0) < 4:
-        return float("inf")
-    H, _ = cv2.findHomography(kp0.astype(np.float64), kp1.astype(np.float64), cv2.RANSAC, ransac_px,
-                              maxIters=2000, confidence=0.999)
-    if H is None:
-        return float("inf")
-    h, w = hw
-    c = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], np.float64)
-    return float(np.linalg.norm(warp_points(c, H) - warp_points(c, H_gt), axis=-1).mean())
-
-
 def evaluate_pairs(extract: Callable[[torch.Tensor], dict], pairs: list[dict],
                    thresholds=(1, 2, 3, 5)) -> dict:
     """extract(1×C×H×W image) → {"keypoints": N×2, "descriptors": N×D (L2-normalised)}."""
@@ -93,13 +71,10 @@ def evaluate_pairs(extract: Callable[[torch.Tensor], dict], pairs: list[dict],
         m = mutual_nn(f0["descriptors"].detach().cpu().float(), f1["descriptors"].detach().cpu().float())
         n_kpts.append(0.5 * (len(kp0) + len(kp1)))
         n_matches.append(len(m))
-        if len(m):
-            err = np.linalg.norm(warp_points(kp0[m[:, 0]], p["H_0to1"]) - kp1[m[:, 1]], axis=-1)
-        else:
-            err = np.zeros(0)
+        err = reprojection_errors(kp0, kp1, m, p["H_0to1"])
         herr = homography_error(kp0[m[:, 0]], kp1[m[:, 1]], p["H_0to1"], p["view1"].shape[-2:])
         for t in thresholds:
-            mma[t].append(float((err < t).mean()) if len(err) else 0.0)
+            mma[t].append(float(mma_at(err, [t])[0]))
             hacc[t].append(float(herr < t))
     out = {f"mma@{t}": float(np.mean(v)) for t, v in mma.items()}
     out.update({f"homography@{t}": float(np.mean(v)) for t, v in hacc.items()})

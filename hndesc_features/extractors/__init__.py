@@ -10,6 +10,7 @@ import inspect
 from pathlib import Path
 
 from ..confs import HLOC_PREFIX
+from ..hloc.hook import EXTRACTOR_ALIASES as ALIASES  # old hloc model names (hf_wlrn → kcc.py)
 
 EXTRACTORS_DIR = Path(__file__).resolve().parent
 
@@ -24,6 +25,7 @@ def model_class(name: str):
     from ..base_model import BaseModel
 
     mod = name[len(HLOC_PREFIX):] if name.startswith(HLOC_PREFIX) else name
+    mod = ALIASES.get(mod, mod)
     if mod not in available():
         raise ValueError(f"Unknown extractor '{name}'. Ours: {', '.join(HLOC_PREFIX + a for a in available())}")
     module = importlib.import_module(f"{__name__}.{mod}")
@@ -35,3 +37,19 @@ def model_class(name: str):
 
 def load_model(model_conf: dict):
     return model_class(model_conf["name"])(model_conf)
+
+
+def stack_batch(outs: list[dict]) -> dict:
+    """Per-image ``extract`` outputs (keypoints N×2, descriptors N×D, ...) → hloc's batched dict
+    (descriptors B×D×N); a ragged batch keeps the common top-n."""
+    import torch
+
+    n = min(len(o["keypoints"]) for o in outs)
+    out = {k: torch.stack([o[k][:n] for o in outs]) for k in outs[0] if k != "descriptors"}
+    out["descriptors"] = torch.stack([o["descriptors"][:n].t() for o in outs]).contiguous()
+    return out
+
+
+def check_image(image, who: str, channels=(1, 3)) -> None:
+    if image.dim() != 4 or image.shape[1] not in channels:
+        raise ValueError(f"{who} expects a B×C×H×W image batch (C in {channels}), got {tuple(image.shape)}")

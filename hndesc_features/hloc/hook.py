@@ -29,6 +29,7 @@ from pathlib import Path
 PREFIX = "hloc.extractors.hf_"
 EXTRACT_MODULE = "hloc.extract_features"
 EXTRACTORS_DIR = Path(__file__).resolve().parent.parent / "extractors"
+EXTRACTOR_ALIASES = {"wlrn": "kcc"}  # old hloc model names (hf_wlrn) served from their new file
 INJECT_LINE = "__import__('hndesc_features.hloc', fromlist=['inject_confs']).inject_confs(confs)"
 
 
@@ -84,7 +85,8 @@ class HlocFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         try:
             if fullname.startswith(PREFIX):
-                file = EXTRACTORS_DIR / f"{fullname[len(PREFIX):]}.py"
+                stem = fullname[len(PREFIX):]
+                file = EXTRACTORS_DIR / f"{EXTRACTOR_ALIASES.get(stem, stem)}.py"
                 if file.is_file() and not file.stem.startswith("_"):
                     return importlib.util.spec_from_file_location(fullname, file)
                 return None

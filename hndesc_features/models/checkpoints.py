@@ -21,11 +21,16 @@ from typing import Optional
 import torch
 
 FORMAT = "hndesc_features.weights/1"
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: architecture names stored in older files -> the module that holds them now
+ARCH_ALIASES = {"wlrn": "kcc"}
 
 
 class CheckpointError(RuntimeError):
     """A weights or checkpoint file that cannot be used (message says why)."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """The weights or checkpoint file does not exist."""
 
 
 def atomic_save(obj, path) -> None:
@@ -48,7 +53,7 @@ def safe_load(path, what: str = "checkpoint") -> dict:
     """torch.load(weights_only=True) with clear errors for missing / truncated / foreign files."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} '{path}' does not exist")
+        raise MissingCheckpointError(f"{what} '{path}' not found (no such file)")
     data = path.read_bytes()
     if len(data) == 0:
         raise CheckpointError(f"{what} '{path}' is empty (0 bytes): truncated write?")
@@ -60,7 +65,12 @@ def safe_load(path, what: str = "checkpoint") -> dict:
                 s in msg for s in ("zip archive", "central directory", "Ran out of input", "EOF",
                                    "unexpected end", "failed finding", "file_size")):
             raise CheckpointError(f"{what} '{path}' is truncated or corrupt ({len(data)} bytes): {msg}") from None
-        raise CheckpointError(f"{what} '{path}' cannot be read as a torch weights file: {msg}") from None
+        hint = ""
+        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+            hint = (" — it holds Python objects that torch.load(weights_only=True) refuses; if you trust the "
+                    "file, re-save its weights once: torch.save({'state_dict': torch.load(p, weights_only=False)"
+                    "['state_dict']}, out)")
+        raise CheckpointError(f"{what} '{path}' cannot be read as a torch weights file: {msg}{hint}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} '{path}' holds a {type(obj).__name__}, expected a dict")
     return obj
@@ -69,6 +79,7 @@ def safe_load(path, what: str = "checkpoint") -> dict:
 def model_class(arch: str):
     """The model class of hndesc_features/models/<arch>.py: its one nn.Module with a `default_conf`
     (or the module's `Model` attribute when it defines several)."""
+    arch = ARCH_ALIASES.get(arch, arch)
     try:
         module = importlib.import_module(f"hndesc_features.models.{arch}")
     except ModuleNotFoundError as e:
@@ -114,21 +125,22 @@ def check_state_dict(model: torch.nn.Module, state: dict, source: str) -> None:
         raise CheckpointError(f"{source} does not fit this model ({type(model).__name__}): " + "; ".join(parts))
 
 
-def load_weights(path, arch: Optional[str] = None, conf_override: Optional[dict] = None):
+def load_weights(path, arch: Optional[str] = None, conf_override: Optional[dict] = None,
+                 obj: Optional[dict] = None):
     """(model in eval mode, file dict) from an exported weights file.
 
     arch: the expected architecture (error if the file holds another one).
     conf_override: inference-only conf keys to change (e.g. max_keypoints); the architecture keys
-    stored in the file win for everything else.
+    stored in the file win for everything else. obj: the file's content when already loaded.
     """
-    obj = safe_load(path, "weights file")
+    obj = safe_load(path, "weights file") if obj is None else obj
     if obj.get("format") != FORMAT or "state_dict" not in obj or "arch" not in obj:
         if "model" in obj and "optimizer" in obj:
             raise CheckpointError(f"'{path}' is a training checkpoint, not exported weights: "
-                                  f"run `python -m training.export <run dir>` first")
+                                  f"run `python -m hndesc_features.training.export <run dir>` first")
         raise CheckpointError(f"'{path}' is not an hndesc_features weights file "
                               f"(keys: {sorted(obj)[:8]}); expected format '{FORMAT}'")
-    if arch is not None and obj["arch"] != arch:
+    if arch is not None and ARCH_ALIASES.get(obj["arch"], obj["arch"]) != ARCH_ALIASES.get(arch, arch):
         raise CheckpointError(f"'{path}' holds weights of architecture '{obj['arch']}', "
                               f"but '{arch}' was requested")
     conf = {**obj.get("conf", {}), **(conf_override or {})}
@@ -136,3 +148,29 @@ def load_weights(path, arch: Optional[str] = None, conf_override: Optional[dict]
     check_state_dict(model, obj["state_dict"], f"weights file '{path}'")
     model.load_state_dict(obj["state_dict"])
     return model.eval(), obj
+
+
+def load_foreign_state(model: torch.nn.Module, obj: dict, source: str) -> torch.nn.Module:
+    """Load a checkpoint that is not one of our exported files (a released checkpoint
+    ``{"state_dict": ...}`` / ``{"model": ...}`` or a bare state dict, ``module.`` / ``net.`` /
+    ``model.`` prefixes removed) into ``model``; the model may convert it (``convert_state_dict``)."""
+    state = obj
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj.get(key), dict):
+            state = obj[key]
+            break
+    if not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{source} is neither our weights file nor a state dict")
+    own = set(model.state_dict())
+    changed = True
+    while changed:
+        changed = False
+        for prefix in ("module.", "net.", "model."):
+            if all(k.startswith(prefix) for k in state) and not all(k in own for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    if hasattr(model, "convert_state_dict"):
+        state = model.convert_state_dict(state)
+    check_state_dict(model, state, source)
+    model.load_state_dict(state)
+    return model

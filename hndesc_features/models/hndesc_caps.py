@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.models.sampling import DenseExtract
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SAMPLING = "hndesc"  # descriptor-sampling convention of the released checkpoints
@@ -100,7 +102,7 @@ def skip_concat(skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.cat([up, skip], dim=1)
 
 
-class HNDescCAPS(nn.Module):
+class HNDescCAPS(DenseExtract, nn.Module):
     """Image B×3×H×W in [0,1] → dense descriptors B×128×ceil(H/4)×ceil(W/4) (not normalised)."""
 
     default_conf = {"coarse_dim": 128, "fine_dim": 128}
@@ -161,19 +163,9 @@ def read_state_dict(path) -> dict:
     Loaded with ``weights_only=True``; ``module.`` (DataParallel) and ``net.`` (CAPS wrapper)
     prefixes are removed when every key carries them.
     """
-    import pickle
-    from pathlib import Path
+    from hndesc_features.models.checkpoints import safe_load
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"HNDesc checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise RuntimeError(
-            f"{path} holds Python objects that torch.load(weights_only=True) refuses ({e}). "
-            "If you trust the file, re-save only its weights once: "
-            "torch.save({'state_dict': torch.load(p, weights_only=False)['state_dict']}, out)") from e
+    ckpt = safe_load(path, "HNDesc checkpoint")
     return state_dict_of(ckpt, str(path))
 
 

@@ -94,3 +94,15 @@ class HNDescPatch(nn.Module):
         out = [self(self.patches(image, frames[i:i + batch_size]))
                for i in range(0, frames.shape[0], batch_size)]
         return torch.cat(out) if out else image.new_zeros((0, self.descriptor_dim))
+
+    @torch.no_grad()
+    def extract(self, image: torch.Tensor, max_keypoints: int = 4096, contrast_threshold: float = 0.005) -> dict:
+        """1×C×H×W image in [0, 1] → DoG keypoints (orientation duplicates kept: each gets its own
+        rotated patch, as in SIFT) N×2, scores, scales, oris, descriptors N×dim."""
+        from hndesc_features.models.sampling import dog_detections
+
+        if image.dim() != 4 or image.shape[0] != 1:
+            raise ValueError(f"extract expects one 1×C×H×W image, got {tuple(image.shape)}")
+        det = dog_detections(image, max_keypoints, contrast_threshold, orientation_duplicates=True)
+        frames = torch.cat([det["keypoints"], det["scales"][:, None], det["oris"][:, None]], 1)
+        return {**det, "descriptors": self.describe(image.float(), frames)}

@@ -27,13 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.models.sampling import DenseExtract
+
 from hndesc_features.models.hndesc_caps import IMAGENET_MEAN, IMAGENET_STD
 
 SAMPLING = "hndesc"
 STRIDE = 1
 
 
-class HNDescR2D2(nn.Module):
+class HNDescR2D2(DenseExtract, nn.Module):
     """Image B×3×H×W in [0,1] → dense L2-normalised descriptors B×dim×H×W."""
 
     default_conf = {"dim": 128, "mchan": 4, "relu22": False}

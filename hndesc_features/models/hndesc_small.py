@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.models.sampling import DenseExtract
+
 from hndesc_features.models.hndesc_caps import IMAGENET_MEAN, IMAGENET_STD
 
 SAMPLING = "centers"
@@ -43,7 +45,7 @@ def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequen
     )
 
 
-class HNDescSmall(nn.Module):
+class HNDescSmall(DenseExtract, nn.Module):
     """Image B×3×H×W in [0,1] → dense L2-normalised descriptors B×dim×ceil(H/4)×ceil(W/4)."""
 
     default_conf = {"dim": 128, "width": 16}

@@ -59,3 +59,49 @@ def sample_descriptors(dense: torch.Tensor, keypoints: torch.Tensor, image_hw: t
     if normalize:
         desc = F.normalize(desc, p=2, dim=1)
     return desc
+
+
+def image_to_gray_u8(image: torch.Tensor):
+    """1×C×H×W or C×H×W float image in [0, 1] → H×W uint8 (the pixels every detector sees)."""
+    from hndesc_features.handcrafted import to_gray_u8
+
+    img = image[0] if image.dim() == 4 else image
+    x = img.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    return to_gray_u8(x[..., 0] if x.shape[-1] == 1 else x)
+
+
+def dog_detections(image: torch.Tensor, max_keypoints: int, contrast_threshold: float,
+                   orientation_duplicates: bool) -> dict:
+    """OpenCV DoG keypoints of one image as tensors on its device: keypoints N×2, scores, scales,
+    oris. ``orientation_duplicates``: keep SIFT's one-keypoint-per-orientation (for descriptors
+    that use the orientation); otherwise duplicates are merged (orientation-free descriptors)."""
+    import numpy as np
+
+    from hndesc_features.handcrafted import detect_sift
+
+    det = detect_sift(image_to_gray_u8(image), max_keypoints, contrast_threshold,
+                      upright=not orientation_duplicates, compute=False)
+    return {k: torch.from_numpy(np.ascontiguousarray(det[k], dtype=np.float32)).to(image.device)
+            for k in ("keypoints", "scores", "scales", "oris")}
+
+
+class DenseExtract:
+    """``extract`` of the dense HNDesc backbones (mixin): DoG keypoints (orientation duplicates
+    merged) or given ones, descriptors read from the dense map with the backbone's convention."""
+
+    @torch.no_grad()
+    def extract(self, image: torch.Tensor, max_keypoints: int = 4096, contrast_threshold: float = 0.005,
+                keypoints: Optional[torch.Tensor] = None, scores: Optional[torch.Tensor] = None,
+                sampling: Optional[str] = None) -> dict:
+        """1×C×H×W image in [0, 1] → keypoints N×2, scores N, descriptors N×D."""
+        if image.dim() != 4 or image.shape[0] != 1:
+            raise ValueError(f"extract expects one 1×C×H×W image, got {tuple(image.shape)}")
+        if keypoints is None:
+            det = dog_detections(image, max_keypoints, contrast_threshold, orientation_duplicates=False)
+            keypoints, scores = det["keypoints"], det["scores"]
+        keypoints = keypoints.to(image.device).float().reshape(-1, 2)
+        scores = torch.ones(len(keypoints), device=image.device) if scores is None else scores.to(image.device).float()
+        x = image.float().expand(-1, 3, -1, -1) if image.shape[1] == 1 else image.float()
+        H, W = image.shape[-2:]
+        desc = sample_descriptors(self(x), keypoints[None], (H, W), sampling or self.sampling, stride=self.stride)
+        return {"keypoints": keypoints, "scores": scores, "descriptors": desc[0].t()}

@@ -28,6 +28,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from hndesc_features.geometry import warp_points  # noqa: F401 (one home, re-exported for the samplers)
+
 DEFAULT_CONF = {
     "mode": "hcrops",  # "hcrops" | "full"
     "size": 256,  # output side (int) or [H, W]; for hcrops the crop side
@@ -82,19 +84,6 @@ def homography_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     _, _, vt = np.linalg.svd(np.asarray(a))
     H = vt[-1].reshape(3, 3)
     return H / H[2, 2]
-
-
-def warp_points(points, H):
-    """Apply H to N×2 points (numpy or torch, also B×N×2 with B×3×3 H)."""
-    if isinstance(points, torch.Tensor):
-        H = torch.as_tensor(H, dtype=points.dtype, device=points.device)
-        ph = torch.cat([points, torch.ones_like(points[..., :1])], -1)
-        out = ph @ H.transpose(-1, -2)
-        return out[..., :2] / out[..., 2:]
-    points = np.asarray(points, np.float64)
-    ph = np.concatenate([points, np.ones_like(points[..., :1])], -1)
-    out = ph @ np.asarray(H, np.float64).swapaxes(-1, -2)
-    return out[..., :2] / out[..., 2:]
 
 
 def homography_jacobian(H: np.ndarray, pts: np.ndarray) -> np.ndarray:

@@ -830,22 +830,3 @@ class Loss(nn.Module):
         if self.conf["mining"] in ("gd", "selfgd"):
             logs["extra_negs"] = float(0 if extra is None else extra.shape[0])
         return loss, logs
-
-
-@torch.no_grad()
-def extract(model, image: torch.Tensor, conf: dict, max_keypoints: int = 1024) -> dict:
-    """Validation features: DoG keypoints (as at extraction time) + HNDesc descriptors."""
-    lc = _conf(conf.get("loss") if conf else None)
-    img = image[0]
-    if img.shape[0] == 1:
-        img = img.expand(3, -1, -1)
-    ct = float(lc["keypoints"]["contrast_threshold"])
-    if getattr(_unwrap(model), "patch_based", False):  # as the extractor: all DoG orientations
-        kp = dog_frames(cv2_gray(img.cpu()), max_keypoints, ct, unique=False)
-    else:
-        kp = dog_keypoints(cv2_gray(img.cpu()), max_keypoints, ct)
-    kpt = torch.from_numpy(kp).to(image.device)
-    if len(kpt) == 0:
-        return {"keypoints": kpt[:, :2], "descriptors": torch.zeros(0, 128)}
-    d = describe(model, img[None].to(image.device), kpt[None])[0]
-    return {"keypoints": kpt[:, :2], "descriptors": d}

@@ -226,11 +226,3 @@ class Loss(nn.Module):
             logs = {"d_pos": d_pos.mean(), "d_neg": d_neg.mean(), "n_pos": float(len(b)) / B,
                     "acc": (d_pos < d_neg).float().mean()}
         return loss, logs
-
-
-@torch.no_grad()
-def extract(model, image: torch.Tensor, conf: dict, max_keypoints: int) -> dict:
-    """Validation features of one 1×C×H×W image: keypoints N×2, descriptors N×D."""
-    m = model.module if hasattr(model, "module") else model
-    out = m.extract(image, max_keypoints)
-    return {"keypoints": out["keypoints"], "descriptors": out["descriptors"]}

@@ -14,7 +14,7 @@ Architecture of the released model `models/3x32x32_to_128.py` of nenadmarkus/wlr
     L2 normalisation               → 128-d unit vector
 
 Parameter names (`conv1..conv5.{weight,bias}`) are those of the released state dicts, so a released
-checkpoint loads with `load_wlrn_state_dict`.
+checkpoint loads with `load_kcc_state_dict`.
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ from torch import nn
 
 PATCH_SIZE = 32
 DESCRIPTOR_DIM = 128
-WLRN_KEYS = tuple(f"conv{i}.{p}" for i in range(1, 6) for p in ("weight", "bias"))
+KCC_KEYS = tuple(f"conv{i}.{p}" for i in range(1, 6) for p in ("weight", "bias"))
 
 
-class WLRNet(nn.Module):
+class KCCNet(nn.Module):
     """Patches B×C×32×32 (C = 1 or 3, values in [0, 255]) → descriptors B×128 (unit L2 norm).
 
     Grayscale patches (C = 1) are repeated to 3 channels, as in the reference.
@@ -59,7 +59,7 @@ class WLRNet(nn.Module):
                     m.bias.zero_()
                 self.conv1.weight -= self.conv1.weight.mean(dim=(1, 2, 3), keepdim=True)
         elif self.conf["init"] != "torch":
-            raise ValueError(f"WLRNet: unknown init '{self.conf['init']}' (torch | he)")
+            raise ValueError(f"KCCNet: unknown init '{self.conf['init']}' (torch | he)")
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.features(patches), p=2, dim=1)
@@ -67,17 +67,32 @@ class WLRNet(nn.Module):
     def features(self, patches: torch.Tensor) -> torch.Tensor:
         """The 128-d output before L2 normalisation."""
         if patches.dim() != 4 or patches.shape[-2:] != (PATCH_SIZE, PATCH_SIZE):
-            raise ValueError(f"WLRNet expects B×C×{PATCH_SIZE}×{PATCH_SIZE} patches, got {tuple(patches.shape)}")
+            raise ValueError(f"KCCNet expects B×C×{PATCH_SIZE}×{PATCH_SIZE} patches, got {tuple(patches.shape)}")
         if patches.shape[1] == 1:
             patches = patches.expand(-1, 3, -1, -1)
         elif patches.shape[1] != 3:
-            raise ValueError(f"WLRNet expects 1 or 3 channels, got {patches.shape[1]}")
+            raise ValueError(f"KCCNet expects 1 or 3 channels, got {patches.shape[1]}")
         x = patches.float() / 255.0
         x = F.relu(self.conv1(x))
         x = F.relu(self.conv2(x))
         x = F.max_pool2d(self.conv3(x), 2, 2)
         x = self.conv4(x)
         return self.conv5(x).flatten(1)
+
+    @torch.no_grad()
+    def extract(self, image: torch.Tensor, max_keypoints: int = 4096, scale_factor: float = 1.5,
+                pyramid: bool = True, batch_size: int = 1024) -> dict:
+        """1×C×H×W image in [0, 1] → ORB keypoints N×2, scores, scales, oris, descriptors N×128."""
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] not in (1, 3):
+            raise ValueError(f"extract expects one 1×C×H×W image (C = 1 or 3), got {tuple(image.shape)}")
+        if image.shape[1] == 3:
+            image = (image * image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        gray = (image[0].clamp(0, 1) * 255).round()  # the pixels ORB sees, in [0, 255]
+        return describe_orb(self, gray, max_keypoints, scale_factor, pyramid, batch_size)
+
+    def convert_state_dict(self, state: dict) -> dict:
+        """A released state dict may hold more than the network (e.g. optimiser entries)."""
+        return {k: state[k] for k in KCC_KEYS} if all(k in state for k in KCC_KEYS) else state
 
     @torch.no_grad()
     def center_outputs(self, patches: torch.Tensor, unit_variance: bool = True) -> torch.Tensor:
@@ -110,13 +125,14 @@ class WLRNet(nn.Module):
         return mean
 
 
-Model = WLRNet
+Model = KCCNet
+KCCNet = KCCNet  # the released code's name
 
 
 @torch.no_grad()
-def describe_orb(net: WLRNet, gray: torch.Tensor, max_keypoints: int = 4096, scale_factor: float = 1.5,
+def describe_orb(net: KCCNet, gray: torch.Tensor, max_keypoints: int = 4096, scale_factor: float = 1.5,
                  pyramid: bool = True, batch_size: int = 1024) -> dict:
-    """ORB keypoints of one grayscale image + wlrn descriptors.
+    """ORB keypoints of one grayscale image + KCC descriptors.
 
     gray: 1×H×W (or H×W) tensor with values in [0, 255] (uint8 or float).
     Returns torch tensors on gray's device: keypoints N×2, scores N, scales N (keypoint size),
@@ -152,28 +168,24 @@ def _unwrap_state_dict(obj) -> dict:
     out = {}
     for k, v in obj.items():
         for prefix in ("module.", "model.", "net."):
-            if k.startswith(prefix) and k[len(prefix):] in WLRN_KEYS:
+            if k.startswith(prefix) and k[len(prefix):] in KCC_KEYS:
                 k = k[len(prefix):]
         out[k] = v
     return out
 
 
-def load_wlrn_state_dict(model: WLRNet, path: str | Path) -> WLRNet:
+def load_kcc_state_dict(model: KCCNet, path: str | Path) -> KCCNet:
     """Load weights saved in the released format (keys `conv1..conv5.{weight,bias}`)."""
+    from hndesc_features.models.checkpoints import safe_load
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"wlrn weights not found at '{path}'. Train them with "
-            "`python -m training.train confs/train/wlrn_orb.yaml` or pass `weights: <path to .pt>`.")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report what the file is, not a bare traceback
-        raise ValueError(f"cannot read wlrn weights '{path}': {e}") from e
-    state = _unwrap_state_dict(obj)
-    missing = [k for k in WLRN_KEYS if k not in state]
+        raise FileNotFoundError(f"KCC weights not found at '{path}'")
+    state = _unwrap_state_dict(safe_load(path, "KCC weights"))
+    missing = [k for k in KCC_KEYS if k not in state]
     if missing:
-        raise ValueError(f"'{path}' is not a wlrn checkpoint: missing keys {missing}; "
+        raise ValueError(f"'{path}' is not a KCC (wlrn) checkpoint: missing keys {missing}; "
                          f"found {sorted(state)[:8]}...")
-    state = {k: state[k] for k in WLRN_KEYS}
+    state = {k: state[k] for k in KCC_KEYS}
     model.load_state_dict(state, strict=True)
     return model

@@ -1,7 +1,7 @@
 """Training curves of wlrn (KCC) runs side by side: smoothed loss, share of anchor keypoints with a
 match (cosine > 0.6) in the positive / negative bag, and the trainer's validation MMA@3.
 
-    python -m benchmarks.wlrn_curves runs/wlrn_orb runs/wlrn_orb_nomining --output runs/wlrn_curves.png
+    python -m benchmarks.kcc_curves runs/kcc_orb runs/kcc_orb_nomining --output runs/kcc_curves.png
 """
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from hndesc_features.models.wlrn import WLRN_KEYS, WLRNet, load_wlrn_state_dict
+from hndesc_features.models.kcc import KCC_KEYS, KCCNet, load_kcc_state_dict
 from hndesc_features.patches import extract_patches
-from training.losses.wlrn import SLOPE, THRESHOLD, kcc_loss, mine_hard_negatives, soft_match
+from training.losses.kcc import SLOPE, THRESHOLD, kcc_loss, mine_hard_negatives, soft_match
 
 torch.set_num_threads(1)
 
@@ -35,14 +35,14 @@ def random_weights(tmp_path_factory) -> Path:
     """A random model saved exactly like the released checkpoints: a bare state dict."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("wlrn") / "random_wlrn.pth"
-    torch.save(WLRNet().state_dict(), path)
+    torch.save(KCCNet().state_dict(), path)
     return path
 
 
 # ----------------------------------------------------------------------------- network
 def test_network_architecture_and_output():
-    net = WLRNet().eval()
-    assert tuple(net.state_dict()) == WLRN_KEYS
+    net = KCCNet().eval()
+    assert tuple(net.state_dict()) == KCC_KEYS
     shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     assert shapes["conv1.weight"] == (32, 3, 3, 3)
     assert shapes["conv2.weight"] == (64, 32, 4, 4)
@@ -61,9 +61,9 @@ def test_network_architecture_and_output():
 
 
 def test_released_format_loads(random_weights, tmp_path):
-    ref = WLRNet()
+    ref = KCCNet()
     ref.load_state_dict(torch.load(random_weights, weights_only=True))
-    net = load_wlrn_state_dict(WLRNet(), random_weights)
+    net = load_kcc_state_dict(KCCNet(), random_weights)
     x = torch.rand(4, 3, 32, 32) * 255
     with torch.no_grad():
         torch.testing.assert_close(net(x), ref(x))
@@ -73,12 +73,12 @@ def test_released_format_loads(random_weights, tmp_path):
     torch.save({"model": sd, "step": 3}, tmp_path / "ckpt.pt")
     for p in ("dp.pth", "ckpt.pt"):
         with torch.no_grad():
-            torch.testing.assert_close(load_wlrn_state_dict(WLRNet(), tmp_path / p)(x), ref(x))
+            torch.testing.assert_close(load_kcc_state_dict(KCCNet(), tmp_path / p)(x), ref(x))
     torch.save({"conv1.weight": sd["conv1.weight"]}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="missing keys"):
-        load_wlrn_state_dict(WLRNet(), tmp_path / "bad.pth")
+        load_kcc_state_dict(KCCNet(), tmp_path / "bad.pth")
     with pytest.raises(FileNotFoundError, match="not found"):
-        load_wlrn_state_dict(WLRNet(), tmp_path / "nope.pth")
+        load_kcc_state_dict(KCCNet(), tmp_path / "nope.pth")
 
 
 def test_center_outputs_spreads_descriptors_on_real_patches():
@@ -86,7 +86,7 @@ def test_center_outputs_spreads_descriptors_on_real_patches():
     kp, size, ang = _orb(img, 300)
     p = extract_patches(torch.from_numpy(img)[None].float(), kp, size, ang)
     torch.manual_seed(0)
-    net = WLRNet()  # PyTorch's default init, as the reference
+    net = KCCNet()  # PyTorch's default init, as the reference
     with torch.no_grad():
         before = net(p)
         net.center_outputs(p)
@@ -230,7 +230,7 @@ def test_weak_bags_correspondences_and_mutual_term(photo_dir):
     synthetic group; ORB keypoints of the anchor, moved by it, land on the positive's keypoints;
     loss.mutual uses them (and asks for them when they are missing)."""
     from training.datasets.weak import WeakBags, collate_triplets
-    from training.losses.wlrn import Loss
+    from training.losses.kcc import Loss
 
     conf = {"layout": "synthetic", "root": str(photo_dir), "n_orb": 64, "n_sift": 0, "views": 2, "rounds": 1,
             "num_negatives": 2, "max_negative_bag": 16, "resize_max": 320, "correspondences": True,
@@ -246,7 +246,7 @@ def test_weak_bags_correspondences_and_mutual_term(photo_dir):
     assert (d < 2).mean() > 0.3  # repeatable ORB keypoints (a wrong H would give ~0)
     batch = collate_triplets([ds[(i, 0)] for i in range(len(ds))])
     torch.manual_seed(0)
-    net = WLRNet({"init": "he"})
+    net = KCCNet({"init": "he"})
     loss, logs = Loss({"mutual": {"weight": 1.0}})(net, batch)
     assert logs["mutual"] > 0 and 0 <= logs["mnn_precision"] <= 1 and logs["n_pos"] > 5
     base, _ = Loss({})(net, batch)
@@ -286,7 +286,7 @@ def test_loss_method_batches_mining_and_empty_bags():
     """The trainer's Loss on a collated batch: mining picks each anchor's most similar negative;
     without mining the first negative bag is used; an image without keypoints is skipped."""
     from training.datasets.weak import bag_from_image, collate_triplets
-    from training.losses.wlrn import Loss
+    from training.losses.kcc import Loss
 
     bags = [bag_from_image(_photo(n), 40) for n in ("camera", "coins", "brick", "grass")]
     empty = bags[0][:0]
@@ -298,7 +298,7 @@ def test_loss_method_batches_mining_and_empty_bags():
     ]
     batch = collate_triplets(items)
     torch.manual_seed(0)
-    net = WLRNet({"init": "he"})
+    net = KCCNet({"init": "he"})
     seen = []
     net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
     for mining, n_neg in ((True, len(bags[0])), (False, len(bags[1]))):
@@ -315,7 +315,7 @@ def test_loss_method_batches_mining_and_empty_bags():
         got, _ = Loss({"mining": True})(net, batch)
     torch.testing.assert_close(got, expected)  # the empty-anchor triplet does not count
     # data-dependent init: once, at the first call
-    net2 = WLRNet()
+    net2 = KCCNet()
     loss_fn = Loss({"center_init": True})
     b0 = net2.conv5.bias.detach().clone()
     loss_fn(net2, batch)
@@ -332,7 +332,7 @@ def test_kcc_training_steps_reduce_the_loss_on_real_patches(photo_dir):
     """A few RMSprop steps of the trainer's Loss (hard-negative mining) on real bag triplets lower
     their KCC loss."""
     from training.datasets.weak import WeakBags, collate_triplets
-    from training.losses.wlrn import Loss
+    from training.losses.kcc import Loss
 
     ds = WeakBags({"layout": "synthetic", "root": str(photo_dir), "n_orb": 32, "n_sift": 0, "views": 2,
                    "rounds": 1,
@@ -340,7 +340,7 @@ def test_kcc_training_steps_reduce_the_loss_on_real_patches(photo_dir):
                    "homography": {"max_angle": 10, "scale": [0.8, 1.0], "perspective": 0.05}})
     batch = collate_triplets([ds[(i, 0)] for i in range(len(ds))])
     torch.manual_seed(0)
-    net = WLRNet({"init": "he"})
+    net = KCCNet({"init": "he"})
     loss_fn = Loss({"mining": True})
     opt = torch.optim.RMSprop(net.parameters(), lr=1e-4)
     with torch.no_grad():
@@ -356,7 +356,7 @@ def test_kcc_training_steps_reduce_the_loss_on_real_patches(photo_dir):
 
 # ----------------------------------------------------------------------------- extractor
 def test_extractor_on_real_photo(random_weights):
-    from hndesc_features.extractors.wlrn import WLRN
+    from hndesc_features.extractors.kcc import KCC as WLRN
     from hndesc_features.handcrafted import detect_orb
 
     img = _photo("astronaut")
@@ -376,10 +376,13 @@ def test_extractor_on_real_photo(random_weights):
 
 
 def test_extractor_missing_weights_message(tmp_path):
-    from hndesc_features.extractors.wlrn import WLRN
+    from hndesc_features.extractors.kcc import KCC as WLRN
 
-    with pytest.raises(FileNotFoundError, match="wlrn: weights file .* not found"):
+    with pytest.raises(FileNotFoundError, match="weights file .*missing.pt' not found"):
         WLRN({"weights": str(tmp_path / "missing.pt")})
+    # a name that is nowhere: the message names the user weights directory and the install command
+    with pytest.raises(FileNotFoundError, match="hndesc_features.weights install kcc_mine FILE"):
+        WLRN({"weights": "kcc_mine"})
 
 
 # ----------------------------------------------------------------------------- trainer + hloc
@@ -395,7 +398,7 @@ def test_trainer_trains_and_exports_wlrn(tmp_path):
     photos.mkdir()
     for n in ("camera", "brick", "coins"):
         cv2.imwrite(str(photos / f"{n}.png"), cv2.imread(str(root / f"{n}.png")))
-    conf = load_config("wlrn_orb", [
+    conf = load_config("kcc_orb", [
         "data.layout=synthetic", f"data.root={photos}", "data.n_orb=24", "data.views=2", "data.rounds=1",
         "data.num_negatives=2", "data.resize_max=256", "train.steps=2", "train.batch_size=2",
         "train.num_workers=0", "train.val_every=0", "train.log_every=1", "train.checkpoint_every=1",
@@ -403,14 +406,14 @@ def test_trainer_trains_and_exports_wlrn(tmp_path):
     assert conf["train"]["optimizer"] == "rmsprop" and conf["loss"]["mining"] is True
     summary = run(conf, tmp_path / "run")
     assert summary["finished"] and summary["step"] == 2
-    from hndesc_features.extractors.wlrn import WLRN
+    from hndesc_features.extractors.kcc import KCC as WLRN
 
     model = WLRN({"weights": summary["export"], "max_keypoints": 200})
     out = model({"image": torch.from_numpy(_photo("camera")).float()[None, None] / 255})
     assert out["descriptors"].shape[:2] == (1, 128) and out["keypoints"].shape[1] > 50
 
 
-def test_hloc_loads_hf_wlrn(random_weights):
+def test_hloc_loads_hf_kcc(random_weights):
     from conftest import hloc_available, run_py
 
     if not hloc_available():
@@ -418,25 +421,34 @@ def test_hloc_loads_hf_wlrn(random_weights):
     code = ("import hloc.extract_features as e, hndesc_features.hloc as h, hloc.extractors, torch\n"
             "h.register()\n"
             "from hloc.utils.base_model import dynamic_load\n"
-            "conf = e.confs['wlrn_orb']\n"
+            "conf = e.confs['kcc_orb']\n"
             "M = dynamic_load(hloc.extractors, conf['model']['name'])\n"
             f"m = M({{**conf['model'], 'weights': {str(random_weights)!r}, 'max_keypoints': 100}})\n"
             "import skimage.data as d, cv2\n"
             "g = cv2.cvtColor(d.astronaut(), cv2.COLOR_RGB2GRAY)\n"
             "o = m({'image': torch.from_numpy(g).float()[None, None] / 255})\n"
-            "print('OK', M.__module__, M.__name__, tuple(o['descriptors'].shape))\n")
+            "print('OK', M.__module__, M.__name__, tuple(o['descriptors'].shape))\n"
+            # old names keep working: the conf wlrn_orb and the hloc model name hf_wlrn
+            "assert e.confs['wlrn_orb']['model'] == conf['model']\n"
+            "O = dynamic_load(hloc.extractors, 'hf_wlrn')\n"
+            f"o2 = O({{'weights': {str(random_weights)!r}, 'max_keypoints': 100}})({{'image': torch.from_numpy(g).float()[None, None] / 255}})\n"
+            "print('ALIAS', O.__module__, torch.equal(o2['descriptors'], o['descriptors']))\n")
     p = run_py(["-c", code], env_extra={"HNDESC_NO_HLOC_HOOK": "1"})
-    assert "OK hloc.extractors.hf_wlrn WLRN (1, 128, 100)" in p.stdout
+    assert "OK hloc.extractors.hf_kcc KCC (1, 128, 100)" in p.stdout
+    assert "ALIAS hloc.extractors.hf_wlrn True" in p.stdout
 
 
 def test_shipped_weights_load_and_describe():
-    from hndesc_features.extractors.wlrn import DEFAULT_WEIGHTS, WLRN
+    from hndesc_features.extractors.kcc import KCC as WLRN
+    from hndesc_features.weights import PACKAGE_DIR
+
+    DEFAULT_WEIGHTS = PACKAGE_DIR / "kcc_orb.pt"
 
     assert DEFAULT_WEIGHTS.is_file(), f"shipped weights missing: {DEFAULT_WEIGHTS}"
     assert DEFAULT_WEIGHTS.stat().st_size < 5_000_000
     obj = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
     state = obj.get("state_dict", obj)
-    assert set(WLRN_KEYS) <= set(state)  # the released key names
+    assert set(KCC_KEYS) <= set(state)  # the released key names
     model = WLRN({"max_keypoints": 300}).eval()  # default conf → shipped weights
     out = model({"image": torch.from_numpy(_photo("camera")).float()[None, None] / 255})
     n = out["keypoints"].shape[1]

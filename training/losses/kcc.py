@@ -76,7 +76,7 @@ class Loss(nn.Module):
     conf: `mining` (hard-negative mining, default true), `threshold` (0.8), `slope`
     (None → ln 99 / (1 − threshold)), `mining_batch` (patches per no-grad forward),
     `center_init` (before the first step, a data-dependent init of conv5 on the first batch:
-    zero-mean, unit-variance outputs, see `WLRNet.center_outputs`; off by default: measured
+    zero-mean, unit-variance outputs, see `KCCNet.center_outputs`; off by default: measured
     here with PyTorch's default init, the descriptors collapse within 3 RMSprop steps anyway,
     the model conf `init: he` trains instead).
     Without mining, the first negative bag of each triplet (a random bag of another group) is
@@ -182,15 +182,3 @@ def collate(batch: list[dict]) -> dict:
     from ..datasets.weak import collate_triplets
 
     return collate_triplets(batch)
-
-
-@torch.no_grad()
-def extract(model, image: torch.Tensor, conf: dict, max_keypoints: int = 1024) -> dict:
-    """Validation features: ORB keypoints + wlrn descriptors of a 1×C×H×W image in [0, 1]."""
-    from hndesc_features.models.wlrn import describe_orb
-
-    net = model.module if hasattr(model, "module") else model
-    if image.shape[1] == 3:
-        image = (image * image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    out = describe_orb(net, (image[0].clamp(0, 1) * 255).round(), max_keypoints)
-    return {"keypoints": out["keypoints"], "descriptors": out["descriptors"]}

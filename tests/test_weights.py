@@ -1,0 +1,102 @@
+"""The weights registry: names, the user weights directory, `python -m hndesc_features.weights`,
+and a user-installed checkpoint of the paper's CAPS backbone running through hloc's CLI."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_h5, requires_hloc, run_py, skimage_photo
+from hndesc_features import weights as registry
+from hndesc_features.models.checkpoints import CheckpointError
+
+
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch):
+    d = tmp_path / "user_weights"
+    monkeypatch.setenv(registry.ENV_VAR, str(d))
+    return d
+
+
+def test_every_shipped_name_is_a_file_that_loads_into_its_architecture():
+    for name, entry in registry.SHIPPED.items():
+        model, path = registry.load_model(name, entry.arch)
+        assert path == registry.PACKAGE_DIR / f"{name}.pt" and path.stat().st_size < 5_000_000, name
+        assert not model.training and sum(p.numel() for p in model.parameters()) > 1000, name
+    # every shipped file is in the table (nothing ships unexplained)
+    assert {p.stem for p in registry.PACKAGE_DIR.glob("*.pt")} == set(registry.SHIPPED)
+
+
+def test_resolve_order_aliases_and_errors(user_dir, tmp_path):
+    assert registry.resolve(None, "residual_sift") == registry.PACKAGE_DIR / "residual_sift.pt"
+    assert registry.resolve("residual_sift.pt") == registry.PACKAGE_DIR / "residual_sift.pt"
+    assert registry.resolve("wlrn_orb") == registry.PACKAGE_DIR / "kcc_orb.pt"  # old name
+    # a file installed under a shipped name wins over the shipped one
+    user_dir.mkdir()
+    (user_dir / "residual_sift.pt").write_bytes((registry.PACKAGE_DIR / "residual_sift.pt").read_bytes())
+    assert registry.resolve("residual_sift") == user_dir / "residual_sift.pt"
+    with pytest.raises(FileNotFoundError) as e:
+        registry.resolve(None, "hndesc_caps")
+    msg = str(e.value)
+    assert str(user_dir) in msg and "python -m hndesc_features.weights install hndesc_caps FILE" in msg
+    with pytest.raises(FileNotFoundError, match="not found"):
+        registry.resolve(tmp_path / "nope" / "x.pt")
+
+
+def _released_caps_checkpoint(path):
+    """A checkpoint in the released HNDesc-CAPS layout ({"state_dict"}, keys prefixed by CAPS's
+    `net.`), with random weights."""
+    from hndesc_features.models.hndesc_caps import HNDescCAPS
+
+    torch.manual_seed(0)
+    net = HNDescCAPS()
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}, path)
+    return net
+
+
+def test_install_cli_checks_the_architecture(user_dir, tmp_path):
+    ckpt = tmp_path / "caps_release.pth"
+    _released_caps_checkpoint(ckpt)
+    # a checkpoint of another architecture is refused, nothing is written
+    p = run_py(["-m", "hndesc_features.weights", "install", "hndesc_caps",
+                str(registry.PACKAGE_DIR / "hndesc_small.pt")], env_extra={registry.ENV_VAR: str(user_dir)},
+               check=False)
+    assert p.returncode == 2 and "error:" in p.stderr and not (user_dir / "hndesc_caps.pt").exists()
+    p = run_py(["-m", "hndesc_features.weights", "install", "hndesc_caps", str(ckpt)],
+               env_extra={registry.ENV_VAR: str(user_dir)})
+    assert (user_dir / "hndesc_caps.pt").read_bytes() == ckpt.read_bytes(), p.stdout
+    p = run_py(["-m", "hndesc_features.weights", "install", "hndesc_caps", str(ckpt)],
+               env_extra={registry.ENV_VAR: str(user_dir)}, check=False)
+    assert p.returncode == 2 and "--force" in p.stderr
+    p = run_py(["-m", "hndesc_features.weights", "list"], env_extra={registry.ENV_VAR: str(user_dir)})
+    assert "hndesc_caps" in p.stdout and "user" in p.stdout and "hndesc_r2d2" in p.stdout
+    with pytest.raises(CheckpointError):
+        registry.install("my_own", tmp_path / "caps_release.pth")  # unknown name: must be our format
+
+
+@requires_hloc
+def test_installed_caps_checkpoint_runs_through_hlocs_cli(user_dir, tmp_path):
+    ckpt = tmp_path / "caps_release.pth"
+    net = _released_caps_checkpoint(ckpt)
+    registry.install("hndesc_caps", ckpt)
+    images = tmp_path / "images"
+    images.mkdir()
+    import cv2
+
+    img = skimage_photo("astronaut.png")[::2, ::2]  # 256×256 RGB
+    cv2.imwrite(str(images / "a.jpg"), img[:, :, ::-1])
+    out = tmp_path / "out"
+    run_py(["-m", "hloc.extract_features", "--conf", "hndesc_caps", "--image_dir", str(images),
+            "--export_dir", str(out)], env_extra={registry.ENV_VAR: str(user_dir)})
+    feats = read_h5(next(out.glob("feats-hf-hndesc-caps*.h5")))
+    kp, desc = feats["a.jpg/keypoints"][0], feats["a.jpg/descriptors"][0]
+    assert desc.shape == (128, len(kp)) and len(kp) > 50
+    np.testing.assert_allclose(np.linalg.norm(desc.astype(np.float32), axis=0), 1, atol=1e-2)
+    # the descriptors are those of the installed weights: recompute a few with the network itself
+    from hndesc_features.models.sampling import sample_descriptors
+
+    x = torch.from_numpy(cv2.imread(str(images / "a.jpg"))[:, :, ::-1].copy()).permute(2, 0, 1).float()[None] / 255
+    with torch.no_grad():
+        ref = sample_descriptors(net.eval()(x), torch.from_numpy(kp[:20].astype(np.float32))[None],
+                                 x.shape[-2:], net.sampling, stride=net.stride)[0]
+    np.testing.assert_allclose(desc[:, :20].astype(np.float32), ref.numpy(), atol=2e-2)
