@@ -7,11 +7,7 @@ from typing import Iterable, Optional
 
 import yaml
 
-from .datasets.base import merge
-
-
-class ConfigError(ValueError):
-    pass
+from hndesc_features.config import ConfigError, overlay  # noqa: F401 (ConfigError re-exported)
 
 
 def confs_dir() -> Path:
@@ -54,8 +50,8 @@ def load_yaml(path) -> dict:
             bp = Path(b)
             if not bp.is_absolute():
                 bp = path.parent / bp
-            merged = merge(merged, load_yaml(bp))
-        conf = merge(merged, conf)
+            merged = overlay(merged, load_yaml(bp))
+        conf = overlay(merged, conf)
     return conf
 
 

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hndesc_features.config import check_keys, merge
 from hndesc_features.models.checkpoints import (
     CheckpointError, atomic_save, build_model, check_state_dict, export_weights, safe_load,
 )
 
 from . import distributed as D
 from .datasets import build_dataset
-from .datasets.base import merge
 
 logger = logging.getLogger("hndesc_features.training")
 
@@ -272,7 +272,8 @@ def _strip(conf: dict) -> dict:
 class Trainer:
     def __init__(self, conf: dict, output, resume: bool = False, overwrite: bool = False):
         self.conf = conf = dict(conf)
-        conf["train"] = merge(DEFAULT_TRAIN, conf.get("train"))
+        check_keys(conf, ("name", "data", "model", "loss", "train", "val"), "training config")
+        conf["train"] = merge(DEFAULT_TRAIN, conf.get("train"), "train")
         self.tc = conf["train"]
         self.output = Path(output)
         self.rank, self.world, self.device = D.setup()
@@ -434,7 +435,7 @@ class Trainer:
         from .validation import DEFAULT_CONF as VAL_DEFAULT
         from .validation import evaluate_pairs, make_pairs
 
-        vc = merge(VAL_DEFAULT, self.val_conf)
+        vc = merge(VAL_DEFAULT, self.val_conf, "val")
         # the model's own inference, exactly what the hloc extractor runs
         net = self.model.module if hasattr(self.model, "module") else self.model
         if not vc["enable"] or not hasattr(net, "extract"):

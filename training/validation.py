@@ -14,16 +14,18 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .datasets.base import merge, read_image, resize_long_side, to_tensor
-from .datasets.image_folder import source_paths
+from hndesc_features.config import merge
 from hndesc_features.geometry import homography_error, mutual_nn, reprojection_errors
 from hndesc_features.geometry import mma as mma_at
+
+from .datasets.base import read_image, resize_long_side, to_tensor
+from .datasets.image_folder import source_paths
 
 from .geometry.homography import sample_homography, warp_image
 
 DEFAULT_CONF = {
     "enable": True,
-    "source": {"name": "dev_images", "split": "heldout"},
+    "source": None,  # an image source spec (datasets/image_folder.py); None → {name: dev_images, split: heldout}
     "n_pairs": 12,  # cycles over the images with a new homography each time
     "resize": 640,
     "seed": 0,
@@ -35,8 +37,8 @@ DEFAULT_CONF = {
 
 
 def make_pairs(conf: Optional[dict] = None) -> list[dict]:
-    conf = merge(DEFAULT_CONF, conf)
-    paths = source_paths(conf["source"])
+    conf = merge(DEFAULT_CONF, conf, "val")
+    paths = source_paths(conf["source"] or {"name": "dev_images", "split": "heldout"})
     pairs = []
     hc = conf["homography"]
     images = {}

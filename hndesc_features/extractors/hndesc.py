@@ -22,6 +22,7 @@ import torch
 
 from hndesc_features import weights as registry
 from hndesc_features.base_model import BaseModel
+from hndesc_features.config import check_keys
 from hndesc_features.extractors import check_image, stack_batch
 
 BACKBONES = ("patch", "small", "caps", "r2d2")
@@ -62,6 +63,7 @@ class HNDesc(BaseModel):
     detection_noise = 1.0
 
     def _init(self, conf):
+        check_keys(conf, [*self.default_conf, "name"], "hf_hndesc")  # a misspelt key is an error
         if conf["backbone"] not in BACKBONES:
             raise ValueError(f"Unknown HNDesc backbone '{conf['backbone']}'; expected one of {list(BACKBONES)}")
         self.net, _ = registry.load_model(conf["weights"], f"hndesc_{conf['backbone']}", f"hndesc_{conf['backbone']}")

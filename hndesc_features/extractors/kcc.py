@@ -6,6 +6,7 @@ import torch
 
 from hndesc_features import weights as registry
 from hndesc_features.base_model import BaseModel
+from hndesc_features.config import check_keys
 from hndesc_features.extractors import check_image, stack_batch
 
 
@@ -21,6 +22,7 @@ class KCC(BaseModel):
     detection_noise = 1.0
 
     def _init(self, conf):
+        check_keys(conf, [*self.default_conf, "name"], "hf_kcc")  # a misspelt key is an error
         self.net, _ = registry.load_model(conf["weights"], "kcc", "kcc_orb")
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ Binary descriptors are stored as unit-norm ±1 float vectors (256-d) so that hlo
 import torch
 
 from hndesc_features.base_model import BaseModel, batch_features
+from hndesc_features.config import check_keys
 from hndesc_features.handcrafted import binary_to_unit_float, detect_orb
 
 
@@ -15,6 +16,7 @@ class ORB(BaseModel):
     detection_noise = 1.0
 
     def _init(self, conf):
+        check_keys(conf, [*self.default_conf, "name"], "hf_orb")  # a misspelt key is an error
         self.dummy = torch.nn.Parameter(torch.empty(0), requires_grad=False)
 
     def _forward(self, data):

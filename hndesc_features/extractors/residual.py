@@ -9,6 +9,7 @@ import torch
 
 from hndesc_features import weights as registry
 from hndesc_features.base_model import BaseModel
+from hndesc_features.config import check_keys
 from hndesc_features.extractors import check_image, stack_batch
 
 
@@ -24,6 +25,7 @@ class Residual(BaseModel):
     detection_noise = 1.0
 
     def _init(self, conf):
+        check_keys(conf, [*self.default_conf, "name"], "hf_residual")  # a misspelt key is an error
         override = {k: conf[k] for k in ("max_keypoints", "contrast_threshold", "hessian_threshold")}
         self.net, path = registry.load_model(conf["weights"], "residual", f"residual_{conf['descriptor']}", override)
         if self.net.conf["descriptor"] != conf["descriptor"]:

@@ -2,6 +2,7 @@
 import torch
 
 from hndesc_features.base_model import BaseModel, batch_features
+from hndesc_features.config import check_keys
 from hndesc_features.handcrafted import detect_sift
 
 
@@ -18,6 +19,7 @@ class SIFT(BaseModel):
     detection_noise = 1.0
 
     def _init(self, conf):
+        check_keys(conf, [*self.default_conf, "name"], "hf_sift")  # a misspelt key is an error
         self.dummy = torch.nn.Parameter(torch.empty(0), requires_grad=False)
 
     def _forward(self, data):

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.config import merge
+
 from hndesc_features.models.sampling import DenseExtract
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -111,7 +113,7 @@ class HNDescCAPS(DenseExtract, nn.Module):
 
     def __init__(self, conf: dict | None = None, **kwargs):
         super().__init__()
-        self.conf = {**self.default_conf, **(conf or {}), **kwargs}
+        self.conf = merge(self.default_conf, {**(conf or {}), **kwargs}, "model")
         coarse_dim, fine_dim = int(self.conf["coarse_dim"]), int(self.conf["fine_dim"])
         self.descriptor_dim = fine_dim
         filters = [256, 512, 1024]

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.config import merge
+
 from hndesc_features.patches import extract_patches
 
 
@@ -51,7 +53,7 @@ class HNDescPatch(nn.Module):
 
     def __init__(self, conf: dict | None = None, **kwargs):
         super().__init__()
-        self.conf = {**self.default_conf, **(conf or {}), **kwargs}
+        self.conf = merge(self.default_conf, {**(conf or {}), **kwargs}, "model")
         dim, w, p = int(self.conf["dim"]), int(self.conf["width"]), int(self.conf["patch_size"])
         if p % 4:
             raise ValueError(f"hndesc_patch: patch_size must be a multiple of 4, got {p}")

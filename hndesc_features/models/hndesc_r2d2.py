@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.config import merge
+
 from hndesc_features.models.sampling import DenseExtract
 
 from hndesc_features.models.hndesc_caps import IMAGENET_MEAN, IMAGENET_STD
@@ -44,7 +46,7 @@ class HNDescR2D2(DenseExtract, nn.Module):
 
     def __init__(self, conf: dict | None = None, **kwargs):
         super().__init__()
-        self.conf = {**self.default_conf, **(conf or {}), **kwargs}
+        self.conf = merge(self.default_conf, {**(conf or {}), **kwargs}, "model")
         dim, mchan, relu22 = int(self.conf["dim"]), int(self.conf["mchan"]), bool(self.conf["relu22"])
         self.descriptor_dim = dim
         self.ops = nn.ModuleList()

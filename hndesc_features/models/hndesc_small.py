@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.config import merge
+
 from hndesc_features.models.sampling import DenseExtract
 
 from hndesc_features.models.hndesc_caps import IMAGENET_MEAN, IMAGENET_STD
@@ -54,7 +56,7 @@ class HNDescSmall(DenseExtract, nn.Module):
 
     def __init__(self, conf: dict | None = None, **kwargs):
         super().__init__()
-        self.conf = {**self.default_conf, **(conf or {}), **kwargs}
+        self.conf = merge(self.default_conf, {**(conf or {}), **kwargs}, "model")
         dim, w = int(self.conf["dim"]), int(self.conf["width"])
         self.descriptor_dim = dim
         self.stage4 = nn.Sequential(

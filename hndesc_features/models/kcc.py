@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.config import merge
+
 PATCH_SIZE = 32
 DESCRIPTOR_DIM = 128
 KCC_KEYS = tuple(f"conv{i}.{p}" for i in range(1, 6) for p in ("weight", "bias"))
@@ -46,7 +48,7 @@ class KCCNet(nn.Module):
 
     def __init__(self, conf: dict | None = None) -> None:
         super().__init__()
-        self.conf = {**self.default_conf, **(conf or {})}
+        self.conf = merge(self.default_conf, conf, "model")
         self.conv1 = nn.Conv2d(3, 32, 3, 1, 0)
         self.conv2 = nn.Conv2d(32, 64, 4, 2, 0)
         self.conv3 = nn.Conv2d(64, 128, 3, 1, 0)

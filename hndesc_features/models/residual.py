@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.config import merge
+
 from hndesc_features.models.sampling import normalize_keypoints
 
 DESCRIPTORS = {
@@ -154,7 +156,7 @@ class ResidualDescriptor(nn.Module):
 
     def __init__(self, conf: Optional[dict] = None):
         super().__init__()
-        self.conf = conf = {**self.default_conf, **(conf or {})}
+        self.conf = conf = merge(self.default_conf, conf, "model")
         if conf["descriptor"] not in DESCRIPTORS:
             raise ValueError(f"Unknown descriptor '{conf['descriptor']}', expected one of {sorted(DESCRIPTORS)}")
         if conf["sampling"] not in ("point", "frame"):

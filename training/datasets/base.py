@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from hndesc_features.config import merge  # noqa: F401 (re-exported: the one config merge)
+
 logger = logging.getLogger("hndesc_features.training")
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
@@ -24,16 +26,6 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", 
 
 class CorruptImageWarning(UserWarning):
     """An image file could not be decoded and was skipped."""
-
-
-def merge(default: dict, conf: Optional[dict]) -> dict:
-    out = copy.deepcopy(default)
-    for k, v in (conf or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def read_image(path, grayscale: bool = False, warn: bool = True) -> Optional[np.ndarray]:

@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from hndesc_features.config import merge
 from hndesc_features.geometry import warp_points  # noqa: F401 (one home, re-exported for the samplers)
 
 DEFAULT_CONF = {
@@ -50,15 +51,7 @@ DEFAULT_CONF = {
 }
 
 
-def merge_conf(default: dict, conf: Optional[dict]) -> dict:
-    """Recursive dict merge (conf wins), returning a new dict."""
-    out = copy.deepcopy(default)
-    for k, v in (conf or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_conf(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+merge_conf = merge  # the one config merge (unknown keys are errors)
 
 
 def _hw(size) -> tuple[int, int]:

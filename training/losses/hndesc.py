@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.config import merge
+
 from ..geometry.homography import angle_diff, transfer_frames, warp_image, warp_points
 
 logger = logging.getLogger("hndesc_features")
@@ -403,9 +405,7 @@ _CACHE: dict = {}  # per-process caches (stylizer, augmentation)
 
 
 def _conf(conf: Optional[dict]) -> dict:
-    from ..datasets.base import merge
-
-    return merge(DEFAULT_CONF, {k: v for k, v in (conf or {}).items() if k != "name"})
+    return merge(DEFAULT_CONF, conf, "loss")
 
 
 def _stylizer(sconf: dict):

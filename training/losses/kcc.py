@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hndesc_features.config import merge
+
 THRESHOLD = 0.8
 SLOPE = math.log(99.0) / (1.0 - THRESHOLD)  # = -ln(1/0.99 - 1) / (1 - τ)
 
@@ -95,9 +97,7 @@ class Loss(nn.Module):
 
     def __init__(self, conf: dict | None = None):
         super().__init__()
-        conf = {k: v for k, v in (conf or {}).items() if k != "name"}
-        self.conf = {**self.default_conf, **conf,
-                     "mutual": {**self.default_conf["mutual"], **(conf.get("mutual") or {})}}
+        self.conf = merge(self.default_conf, conf, "loss")
         # set once the data-dependent initialisation ran (saved in the trainer's checkpoints)
         self.register_buffer("centered", torch.tensor(False))
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hndesc_features.config import merge
+
 from hndesc_features.models.residual import (
     DESCRIPTORS, ResidualDescriptor, context_descriptors, detect_handcrafted, to_gray_u8,
 )
@@ -139,7 +141,7 @@ class Loss(nn.Module):
 
     def __init__(self, conf: dict):
         super().__init__()
-        self.conf = {**DEFAULT_CONF, **{k: v for k, v in conf.items() if k != "name"}}
+        self.conf = merge(DEFAULT_CONF, conf, "loss")
 
     def forward(self, model, batch: dict):
         B, N = batch["kp0"].shape[:2]
