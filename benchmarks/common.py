@@ -388,7 +388,7 @@ def load_json(path: Path):
 def shared_data_dir() -> Optional[Path]:
     """`../shared/data` from the repository root (see training/datasets/dev_images.py)."""
     try:
-        from training.datasets.dev_images import shared_data_dir as f
+        from hndesc_features.training.datasets.dev_images import shared_data_dir as f
     except ImportError:
         try:
             from hndesc_features.training.datasets.dev_images import shared_data_dir as f

@@ -5,11 +5,11 @@ augmentation vs stylization vs both), trained with the short schedule of
     python -m benchmarks.hndesc_ablation --dataset_dir datasets/dev-hpatches \\
         --output benchmarks/results/hndesc_ablation.json [--only in_pair,gd] [--max_keypoints 1024]
 
-For every ablation: ``python -m training.train hndesc_ablation/<name> --output <runs>/<name> --resume``
+For every ablation: ``python -m hndesc_features.training.train hndesc_ablation/<name> --output <runs>/<name> --resume``
 (a finished run is reused, an interrupted one resumed), then its exported weights are evaluated
 through the same extraction + mutual-NN MMA code as ``benchmarks.hpatches`` (DoG keypoints, top
 ``--max_keypoints``). ``gd`` needs the kNN file named in its config; it is written first with
-``python -m training.knn`` when missing. Writes the JSON, a Markdown table and an MMA plot.
+``python -m hndesc_features.training.knn`` when missing. Writes the JSON, a Markdown table and an MMA plot.
 """
 from __future__ import annotations
 
@@ -38,17 +38,17 @@ ABLATIONS = {  # name → (group, what changes)
 
 def train(name: str, runs: Path) -> Path:
     """Train (or resume / reuse) one ablation; returns its exported weights."""
-    from training.config import load_config
+    from hndesc_features.training.config import load_config
 
     conf = load_config(f"hndesc_ablation/{name}")
     out = runs / name
     knn = (conf["loss"].get("gd") or {}).get("knn_file")
     if conf["loss"]["mining"] == "gd" and knn and not (REPO / knn).is_file():
         logger.info(f"{name}: writing the kNN file {knn}")
-        subprocess.run([sys.executable, "-m", "training.knn", "--output", knn], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-m", "hndesc_features.training.knn", "--output", knn], cwd=REPO, check=True)
     summary = out / "summary.json"
     if not (summary.is_file() and json.loads(summary.read_text()).get("finished")):
-        cmd = [sys.executable, "-m", "training.train", f"hndesc_ablation/{name}", "--output", str(out)]
+        cmd = [sys.executable, "-m", "hndesc_features.training.train", f"hndesc_ablation/{name}", "--output", str(out)]
         if (out / "checkpoint_last.pt").is_file():
             cmd.append("--resume")
         logger.info("$ " + " ".join(cmd))
@@ -77,7 +77,7 @@ def untrained_weights(folder: Path, seed: int = 0) -> Path:
     import torch
 
     from hndesc_features.models.checkpoints import build_model, export_weights
-    from training.config import load_config
+    from hndesc_features.training.config import load_config
 
     path = folder / "hndesc_patch_untrained.pt"
     if not path.is_file():

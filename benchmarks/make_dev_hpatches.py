@@ -172,7 +172,7 @@ def make_sequences(image_path: Path, out_dir: Path, seed: int, max_size: int, ex
 
 def heldout_sources() -> list[Path]:
     try:
-        from training.datasets.dev_images import heldout_images
+        from hndesc_features.training.datasets.dev_images import heldout_images
     except ImportError:
         from hndesc_features.training.datasets.dev_images import heldout_images
     return list(heldout_images())

@@ -38,7 +38,7 @@ def default_image() -> Path:
         if p.exists():
             return p
     try:
-        from training.datasets.dev_images import heldout_images
+        from hndesc_features.training.datasets.dev_images import heldout_images
 
         imgs = heldout_images()
         if imgs:

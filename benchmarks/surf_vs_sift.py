@@ -41,7 +41,7 @@ METHODS = ["surf64", "surf128", "usurf64", "sift", "rootsift"]
 
 def heldout_sources() -> list[Path]:
     try:
-        from training.datasets.dev_images import heldout_images
+        from hndesc_features.training.datasets.dev_images import heldout_images
     except ImportError:
         from hndesc_features.training.datasets.dev_images import heldout_images
     return list(heldout_images())

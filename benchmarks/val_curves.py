@@ -17,7 +17,7 @@ from .common import BenchmarkError, run_cli
 
 
 def val_series(run: Path, metric: str) -> tuple[list, list]:
-    from training.plot import read_metrics
+    from hndesc_features.training.plot import read_metrics
 
     try:
         val = read_metrics(run).get("val", {})

@@ -41,8 +41,8 @@ JITTERS = (0.0, 5.0, 10.0)
 
 
 def _pairs(method: str, n_pairs: int, photometric: bool) -> list:
-    from training.config import load_config
-    from training.validation import make_pairs
+    from hndesc_features.training.config import load_config
+    from hndesc_features.training.validation import make_pairs
 
     from .photometric import PHOTOMETRIC_TYPES, apply_change, rng_for
 
@@ -62,7 +62,7 @@ def _pairs(method: str, n_pairs: int, photometric: bool) -> list:
 
 def _baseline(method: str):
     from hndesc_features.handcrafted import binary_to_unit_float, detect_orb, detect_sift
-    from training.losses.hndesc import cv2_gray
+    from hndesc_features.training.losses.hndesc import cv2_gray
 
     if method in ("hndesc_patch", "residual"):
         def rootsift(img):
@@ -82,7 +82,7 @@ def rootsift_at(image: torch.Tensor, frames: np.ndarray) -> np.ndarray:
     import cv2
 
     from hndesc_features.handcrafted import sift_to_rootsift
-    from training.losses.hndesc import cv2_gray
+    from hndesc_features.training.losses.hndesc import cv2_gray
 
     kps = [cv2.KeyPoint(float(x), float(y), float(s), float(a)) for x, y, s, a in frames]
     _, d = cv2.SIFT_create().compute(cv2_gray(image), kps)
@@ -94,7 +94,7 @@ def rootsift_at(image: torch.Tensor, frames: np.ndarray) -> np.ndarray:
 def _patch_net(weights: str):
     from hndesc_features import weights as registry
     from hndesc_features.models.checkpoints import build_model
-    from training.config import load_config
+    from hndesc_features.training.config import load_config
 
     if weights == "untrained":
         torch.manual_seed(0)
@@ -113,8 +113,8 @@ def _describer(weights: str):
 
 def frame_probe(describe, pairs: list, jitters=JITTERS, max_keypoints: int = 1024, seed: int = 0) -> dict:
     """``gt_nn@σ``: NN accuracy of the descriptor given exact view-1 frames (orientation ± N(0, σ°))."""
-    from training.geometry.homography import transfer_frames
-    from training.losses.hndesc import _in_valid, cv2_gray, dog_frames
+    from hndesc_features.training.geometry.homography import transfer_frames
+    from hndesc_features.training.losses.hndesc import _in_valid, cv2_gray, dog_frames
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -159,7 +159,7 @@ def mutual_rates(extract, pairs: list, threshold: float = 3.0) -> dict:
 
 def _residual_net(weights: str):
     from hndesc_features.models.checkpoints import build_model, load_weights
-    from training.config import load_config
+    from hndesc_features.training.config import load_config
 
     if weights == "untrained":  # the residual initialisation of the training run (seed 0)
         torch.manual_seed(0)
@@ -183,7 +183,7 @@ def _extractor(method: str, weights: str):
 
     from hndesc_features import weights as registry
     from hndesc_features.models.kcc import KCCNet
-    from training.config import load_config
+    from hndesc_features.training.config import load_config
 
     torch.manual_seed(0)
     net = KCCNet(load_config("kcc_orb")["model"])  # the training run's initialisation scheme
@@ -198,7 +198,7 @@ def _extractor(method: str, weights: str):
 
 
 def main(argv=None) -> dict:
-    from training.validation import evaluate_pairs
+    from hndesc_features.training.validation import evaluate_pairs
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.val_probe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

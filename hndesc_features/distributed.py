@@ -101,12 +101,6 @@ def merge_shards(feature_path: Path, shards: Optional[Sequence[Path]] = None, re
     return n
 
 
-def _list_names(conf: dict, image_dir: Path, image_list) -> list[str]:
-    from .extract_features import ImageDataset
-
-    return list(ImageDataset(Path(image_dir), conf.get("preprocessing", {}), image_list).names)
-
-
 def _init_group():
     import torch.distributed as dist
 
@@ -121,12 +115,14 @@ def _init_group():
 
 def sharded_main(conf: dict, image_dir: Path, export_dir: Optional[Path] = None, as_half: bool = True,
                  image_list=None, feature_path: Optional[Path] = None, overwrite: bool = False,
-                 strict: bool = False, main_fn: Optional[Callable] = None) -> Path:
-    """extract_features.main's arguments; call it in every rank of a torchrun job."""
+                 strict: bool = False, *, main_fn: Callable, list_names: Callable) -> Path:
+    """extract_features.main's arguments; call it in every rank of a torchrun job.
+
+    main_fn: the single-process extraction (extract_features.main); list_names(conf, image_dir,
+    image_list): the image names it would extract (both passed by the caller, so this module
+    does not depend on extract_features)."""
     import torch
 
-    if main_fn is None:
-        from .extract_features import main as main_fn
     rank, world = dist_info()
     if feature_path is None:
         if export_dir is None:
@@ -137,7 +133,7 @@ def sharded_main(conf: dict, image_dir: Path, export_dir: Optional[Path] = None,
 
     own = [shard_path(feature_path, r, world) for r in range(world)]
     stale = [p for p in find_shards(feature_path) if p not in own]  # left by a run of another size
-    names = _list_names(conf, image_dir, image_list)
+    names = list(list_names(conf, Path(image_dir), image_list))
     done = set()
     if not overwrite:
         if feature_path.exists():

@@ -215,6 +215,11 @@ def main(
     return feature_path
 
 
+def image_names(conf: dict, image_dir: Path, image_list=None) -> list[str]:
+    """The names main() would extract for this conf (sharded runs split them over processes)."""
+    return list(ImageDataset(Path(image_dir), conf.get("preprocessing", {}), image_list).names)
+
+
 def build_parser(confs: dict) -> argparse.ArgumentParser:
     from .confs import help_epilog
 
@@ -245,7 +250,8 @@ def cli(argv=None):
             from .distributed import sharded_main
 
             sharded_main(confs[args.conf], args.image_dir, args.export_dir, args.as_half,
-                         args.image_list, args.feature_path, args.overwrite, args.strict)
+                         args.image_list, args.feature_path, args.overwrite, args.strict,
+                         main_fn=main, list_names=image_names)
         else:
             main(confs[args.conf], args.image_dir, args.export_dir, args.as_half, args.image_list,
                  args.feature_path, args.overwrite, args.strict)

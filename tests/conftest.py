@@ -83,8 +83,8 @@ def read_h5(path: Path) -> dict:
 
 def training_pairs(data_conf: dict, keys) -> list:
     """Pairs of the shared training sampler on the real dev photos (skip when they are absent)."""
-    from training.datasets import build_dataset
-    from training.datasets.dev_images import shared_data_dir
+    from hndesc_features.training.datasets import build_dataset
+    from hndesc_features.training.datasets.dev_images import shared_data_dir
 
     if shared_data_dir() is None:
         pytest.skip("real training photos not found (../shared/data)")

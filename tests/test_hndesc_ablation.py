@@ -5,7 +5,7 @@ import pytest
 
 from benchmarks.common import BenchmarkError
 from benchmarks.hndesc_ablation import ABLATIONS, feature_conf, main, markdown
-from training.config import load_config
+from hndesc_features.training.config import load_config
 
 
 def _flat(d, prefix=""):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses.hndesc import (HNDescLoss, KNNIndex, QuantizedAP, SelfGDIndex, mine_hardest,
+from hndesc_features.training.losses.hndesc import (HNDescLoss, KNNIndex, QuantizedAP, SelfGDIndex, mine_hardest,
                                     negative_mask, pick_negative_window)
 
 torch.set_num_threads(1)
@@ -215,8 +215,8 @@ def pairs():
 
 
 def test_prepare_gives_exact_correspondences(pairs):
-    from training.geometry.homography import warp_points
-    from training.losses import hndesc as L
+    from hndesc_features.training.geometry.homography import warp_points
+    from hndesc_features.training.losses import hndesc as L
 
     out = L.prepare(pairs[0], _conf())
     m = out["kmask"].numpy()
@@ -231,7 +231,7 @@ def test_prepare_gives_exact_correspondences(pairs):
 
 def test_loss_adapter_trains_in_batch(pairs):
     from hndesc_features.models.checkpoints import build_model
-    from training.losses import hndesc as L
+    from hndesc_features.training.losses import hndesc as L
 
     torch.manual_seed(0)
     conf = _conf()
@@ -248,8 +248,8 @@ def test_loss_adapter_trains_in_batch(pairs):
 
 def test_loss_adapter_gd_and_selfgd(pairs, tmp_path):
     from hndesc_features.models.checkpoints import build_model
-    from training.datasets.dev_images import train_images
-    from training.losses import hndesc as L
+    from hndesc_features.training.datasets.dev_images import train_images
+    from hndesc_features.training.losses import hndesc as L
 
     names = [str(p) for p in train_images()]
     lines = [f"{Path(pairs[i]['name']).name} {Path(names[(j * 7) % len(names)]).name}"
@@ -270,7 +270,7 @@ def test_loss_adapter_gd_and_selfgd(pairs, tmp_path):
 
 
 def test_dog_keypoints_unique_and_sorted():
-    from training.losses.hndesc import dog_keypoints
+    from hndesc_features.training.losses.hndesc import dog_keypoints
 
     skd = pytest.importorskip("skimage.data", reason="scikit-image provides the real test photos")
     kp = dog_keypoints(skd.camera(), 500, 0.005)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from hndesc_features.models.hndesc_patch import HNDescPatch
-from training.geometry.homography import angle_diff, homography_jacobian, transfer_frames
-from training.losses import hndesc as L
+from hndesc_features.training.geometry.homography import angle_diff, homography_jacobian, transfer_frames
+from hndesc_features.training.losses import hndesc as L
 
 torch.set_num_threads(1)
 
@@ -32,7 +32,7 @@ def test_homography_jacobian_matches_finite_differences():
     H = np.array([[1.1, 0.2, 5.0], [-0.1, 0.9, 3.0], [1e-4, -2e-4, 1.0]])
     p = np.array([[100.0, 50.0], [300.0, 220.0]])
     J = homography_jacobian(H, p)
-    from training.geometry.homography import warp_points
+    from hndesc_features.training.geometry.homography import warp_points
 
     eps = 1e-3
     for i, e in enumerate(np.eye(2)):
@@ -145,7 +145,7 @@ def pairs():
 
 
 def test_prepare_frames_follow_the_homography(pairs):
-    from training.geometry.homography import warp_points
+    from hndesc_features.training.geometry.homography import warp_points
 
     conf = _conf()
     out = L.prepare(pairs[0], conf)
@@ -212,8 +212,8 @@ def test_knn_file_from_our_model_drives_gd_mining(tmp_path):
     same scene are each other's neighbours (real photos, shipped dense model)."""
     skd = pytest.importorskip("skimage.data")
     from hndesc_features import weights as registry
-    from training.knn import write_global_descriptors
-    from training.losses.hndesc import KNNIndex
+    from hndesc_features.training.knn import write_global_descriptors
+    from hndesc_features.training.losses.hndesc import KNNIndex
 
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -235,7 +235,7 @@ def test_gd_and_selfgd_mining_with_frames(pairs, tmp_path):
     """Neighbour crops carry keypoint frames for patch backbones (gd from a pairs file, selfgd from
     the model's own global descriptors)."""
     from hndesc_features.models.checkpoints import build_model
-    from training.datasets.dev_images import train_images
+    from hndesc_features.training.datasets.dev_images import train_images
 
     names = [str(p) for p in train_images()]
     knn = tmp_path / "pairs.txt"

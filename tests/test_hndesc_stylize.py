@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment_hndesc import HNDescColorAugmentation, OneOf
-from training.stylize import (DEFAULT_STYLE_PHOTOS, NeuralStylizer, StatsStylizer, StyleStats,
+from hndesc_features.training.augment_hndesc import HNDescColorAugmentation, OneOf
+from hndesc_features.training.stylize import (DEFAULT_STYLE_PHOTOS, NeuralStylizer, StatsStylizer, StyleStats,
                               StylizationWarning, main, stylize_images, stylized_versions, to_lab)
 
 torch.set_num_threads(1)

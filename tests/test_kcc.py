@@ -11,7 +11,7 @@ import torch
 
 from hndesc_features.models.kcc import KCC_KEYS, KCCNet, load_kcc_state_dict
 from hndesc_features.patches import extract_patches
-from training.losses.kcc import SLOPE, THRESHOLD, kcc_loss, mine_hard_negatives, soft_match
+from hndesc_features.training.losses.kcc import SLOPE, THRESHOLD, kcc_loss, mine_hard_negatives, soft_match
 
 torch.set_num_threads(1)
 
@@ -168,7 +168,7 @@ def test_kcc_constants_and_loss():
 
 # ----------------------------------------------------------------------------- weak datasets
 def test_weak_group_layouts(tmp_path):
-    from training.datasets.weak import folder_groups, generate_triplets, ukbench_groups
+    from hndesc_features.training.datasets.weak import folder_groups, generate_triplets, ukbench_groups
 
     img = _photo("camera")
     (tmp_path / "ukb").mkdir()
@@ -203,7 +203,7 @@ def photo_dir(tmp_path) -> Path:
 
 
 def test_weak_bags_dataset_on_real_photos(photo_dir):
-    from training.datasets.weak import WeakBags, collate_triplets
+    from hndesc_features.training.datasets.weak import WeakBags, collate_triplets
 
     conf = {"layout": "synthetic", "root": str(photo_dir), "n_orb": 64, "n_sift": 32, "views": 2,
             "rounds": 2, "num_negatives": 3, "max_negative_bag": 20, "resize_max": 320}
@@ -229,8 +229,8 @@ def test_weak_bags_correspondences_and_mutual_term(photo_dir):
     """data.correspondences: the bags' keypoint frames and the anchor→positive homography of a
     synthetic group; ORB keypoints of the anchor, moved by it, land on the positive's keypoints;
     loss.mutual uses them (and asks for them when they are missing)."""
-    from training.datasets.weak import WeakBags, collate_triplets
-    from training.losses.kcc import Loss
+    from hndesc_features.training.datasets.weak import WeakBags, collate_triplets
+    from hndesc_features.training.losses.kcc import Loss
 
     conf = {"layout": "synthetic", "root": str(photo_dir), "n_orb": 64, "n_sift": 0, "views": 2, "rounds": 1,
             "num_negatives": 2, "max_negative_bag": 16, "resize_max": 320, "correspondences": True,
@@ -259,7 +259,7 @@ def test_weak_bags_correspondences_and_mutual_term(photo_dir):
 def test_tile_groups_and_sibling_negatives(tmp_path):
     """2×2 tiles of each photo are separate groups; `sibling_negatives` bags come from the photo's
     other tiles; the views of a tile only show that tile."""
-    from training.datasets.weak import WeakBags
+    from hndesc_features.training.datasets.weak import WeakBags
 
     sk = pytest.importorskip("skimage.data")
     root = Path(sk.__file__).parent
@@ -285,8 +285,8 @@ def test_tile_groups_and_sibling_negatives(tmp_path):
 def test_loss_method_batches_mining_and_empty_bags():
     """The trainer's Loss on a collated batch: mining picks each anchor's most similar negative;
     without mining the first negative bag is used; an image without keypoints is skipped."""
-    from training.datasets.weak import bag_from_image, collate_triplets
-    from training.losses.kcc import Loss
+    from hndesc_features.training.datasets.weak import bag_from_image, collate_triplets
+    from hndesc_features.training.losses.kcc import Loss
 
     bags = [bag_from_image(_photo(n), 40) for n in ("camera", "coins", "brick", "grass")]
     empty = bags[0][:0]
@@ -331,8 +331,8 @@ def test_loss_method_batches_mining_and_empty_bags():
 def test_kcc_training_steps_reduce_the_loss_on_real_patches(photo_dir):
     """A few RMSprop steps of the trainer's Loss (hard-negative mining) on real bag triplets lower
     their KCC loss."""
-    from training.datasets.weak import WeakBags, collate_triplets
-    from training.losses.kcc import Loss
+    from hndesc_features.training.datasets.weak import WeakBags, collate_triplets
+    from hndesc_features.training.losses.kcc import Loss
 
     ds = WeakBags({"layout": "synthetic", "root": str(photo_dir), "n_orb": 32, "n_sift": 0, "views": 2,
                    "rounds": 1,
@@ -389,8 +389,8 @@ def test_extractor_missing_weights_message(tmp_path):
 def test_trainer_trains_and_exports_wlrn(tmp_path):
     """Two steps of the shared trainer (RMSprop, KCC with mining) on synthetic-view groups of three
     real photos; the exported file loads into the extractor."""
-    from training.config import load_config
-    from training.trainer import run
+    from hndesc_features.training.config import load_config
+    from hndesc_features.training.trainer import run
 
     sk = pytest.importorskip("skimage.data")
     root = Path(sk.__file__).parent

@@ -67,3 +67,40 @@ def test_wheel_contents_and_hook(tmp_path):
     assert f"FROM {target}" in p.stdout and "HOOK True" in p.stdout, p.stdout + p.stderr
     p = run_py(["-S", "-c", pep829], cwd=tmp_path, env_extra={"HNDESC_NO_HLOC_HOOK": "1"})
     assert "HOOK False" in p.stdout, p.stdout + p.stderr
+
+
+def test_wheel_install_trains_a_shipped_config_by_name(tmp_path):
+    """Installed from a built wheel (not editable), `python -m hndesc_features.training.train NAME`
+    finds the config inside the wheel, trains and exports."""
+    from conftest import SHARED
+
+    if not SHARED.is_dir():
+        import pytest
+
+        pytest.skip(f"real training photos not found at {SHARED}")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    str(ROOT), "-w", str(tmp_path / "w")], check=True, capture_output=True)
+    wheel = next((tmp_path / "w").glob("hndesc_features-*.whl"))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    str(wheel)], check=True, capture_output=True)
+    purelib = sysconfig.get_paths()["purelib"]
+    run_dir = tmp_path / "run"
+    code = ("import site, sys, runpy\n"
+            f"site.addsitedir({str(target)!r})\n"
+            f"sys.path.append({purelib!r})\n"
+            "import hndesc_features.training.config as c\n"
+            "print('CONFS', c.confs_dir())\n"
+            "sys.argv = ['train', 'residual_sift', '--output', " + repr(str(run_dir)) + ",\n"
+            "            'train.steps=2', 'train.batch_size=2', 'train.num_workers=0', 'train.val_every=2',\n"
+            "            'train.checkpoint_every=2', 'train.val_at_start=false', 'val.n_pairs=1', 'val.max_keypoints=128']\n"
+            "runpy.run_module('hndesc_features.training.train', run_name='__main__')\n")
+    env = {"HNDESC_SHARED_DATA": str(SHARED), "HNDESC_WALLPAPERS": str(SHARED / "photos")}
+    p = run_py(["-S", "-c", code], cwd=tmp_path, env_extra=env, check=False)
+    assert f"CONFS {target}" in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0 and "residual_sift: finished" in p.stdout, p.stdout[-2000:] + p.stderr[-3000:]
+    import torch
+
+    exported = run_dir / "residual_sift.pt"
+    obj = torch.load(exported, weights_only=True)
+    assert obj["arch"] == "residual" and obj["meta"]["step"] == 2

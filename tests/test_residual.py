@@ -15,8 +15,8 @@ from hndesc_features.handcrafted import detect_sift
 from hndesc_features.models.checkpoints import export_weights
 from hndesc_features.weights import PACKAGE_DIR as WEIGHTS_DIR
 from hndesc_features.models.residual import ResidualDescriptor, to_gray_u8
-from training.geometry.homography import sample_pair, warp_points
-from training.losses import residual as R
+from hndesc_features.training.geometry.homography import sample_pair, warp_points
+from hndesc_features.training.losses import residual as R
 
 torch.set_num_threads(1)
 try:
@@ -271,8 +271,8 @@ def test_shipped_recipe_removes_spurious_mutual_matches():
     mutual-NN precision rises — the keypoints without a correspondence lose their (wrong) mutual
     matches, which is where the shipped weights gain over the handcrafted initialisation. (With
     unmatched_weight 0 the same steps lower the precision: 0.847 → 0.826, more mutual matches.)"""
-    from training.config import load_config
-    from training.trainer import param_groups
+    from hndesc_features.training.config import load_config
+    from hndesc_features.training.trainer import param_groups
 
     conf = load_config("residual_sift")
     assert conf["loss"]["type"] == "mutual" and float(conf["loss"]["unmatched_weight"]) > 1

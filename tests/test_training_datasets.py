@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from training.datasets import build_dataset, get_dataset
-from training.datasets.base import CorruptImageWarning
-from training.datasets.coco import coco_images
-from training.datasets.homographies import HomographyPairs
-from training.datasets.image_folder import ImageFolder, list_images, source_paths
-from training.datasets.megadepth import MegaDepthPairs, megadepth_images
-from training.datasets.phototourism import PhotoTourismPairs, phototourism_images
+from hndesc_features.training.datasets import build_dataset, get_dataset
+from hndesc_features.training.datasets.base import CorruptImageWarning
+from hndesc_features.training.datasets.coco import coco_images
+from hndesc_features.training.datasets.homographies import HomographyPairs
+from hndesc_features.training.datasets.image_folder import ImageFolder, list_images, source_paths
+from hndesc_features.training.datasets.megadepth import MegaDepthPairs, megadepth_images
+from hndesc_features.training.datasets.phototourism import PhotoTourismPairs, phototourism_images
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -18,7 +18,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     cfg.write_text(yaml.safe_dump(conf))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.train", str(cfg), "--output", str(tmp_path / "ddp")]
+           "-m", "hndesc_features.training.train", str(cfg), "--output", str(tmp_path / "ddp")]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())

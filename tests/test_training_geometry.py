@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.augment import PhotometricAugmentation
-from training.geometry.homography import (
+from hndesc_features.training.augment import PhotometricAugmentation
+from hndesc_features.training.geometry.homography import (
     DEFAULT_CONF, corners, hcrop_homography, inside, reprojection_matches, sample_homography,
     sample_pair, valid_mask, visibility, warp_image, warp_points,
 )

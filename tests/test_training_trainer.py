@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from hndesc_features.models.checkpoints import CheckpointError, load_weights
-from training.config import ConfigError, apply_overrides, load_config
-from training.export import export_run
-from training.train import main as train_main
-from training.trainer import CKPT_NAME, load_checkpoint, run
+from hndesc_features.training.config import ConfigError, apply_overrides, load_config
+from hndesc_features.training.export import export_run
+from hndesc_features.training.train import main as train_main
+from hndesc_features.training.trainer import CKPT_NAME, load_checkpoint, run
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -159,8 +159,8 @@ def test_config_overrides_and_base(tmp_path):
 
 def test_shipped_train_configs_parse():
     from hndesc_features.models.checkpoints import build_model
-    from training.losses.residual import Loss
-    from training.trainer import param_groups
+    from hndesc_features.training.losses.residual import Loss
+    from hndesc_features.training.trainer import param_groups
 
     for cfg in sorted((REPO / "confs" / "train").glob("residual*.yaml")):
         conf = load_config(cfg)
@@ -179,7 +179,7 @@ def test_shipped_train_configs_parse():
 def test_plot_puts_counts_on_their_own_axis(tmp_path):
     import json
 
-    from training.plot import count_keys, plot_run, read_metrics
+    from hndesc_features.training.plot import count_keys, plot_run, read_metrics
 
     rows = [{"step": s, "split": "train", "loss": 1.0 / (1 + s), "ap": s / 100, "kpts": 180.0 + s % 7,
              "lr": 1e-3} for s in range(0, 100, 5)]
@@ -245,7 +245,7 @@ def test_precise_bn_makes_validation_a_function_of_the_weights(tmp_path):
 
 
 def test_precise_batchnorm_is_the_plain_mean_over_batches():
-    from training.trainer import precise_batchnorm
+    from hndesc_features.training.trainer import precise_batchnorm
 
     g = torch.Generator().manual_seed(0)
     bn = torch.nn.Sequential(torch.nn.BatchNorm1d(3))

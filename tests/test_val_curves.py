@@ -6,7 +6,7 @@ import pytest
 from benchmarks.common import BenchmarkError
 from benchmarks.val_curves import main, val_series
 from test_training_trainer import tiny_conf
-from training.trainer import run
+from hndesc_features.training.trainer import run
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def pairs():
     photos = sorted((DATA / "photos").glob("*.jpg")) if (DATA / "photos").is_dir() else []
     if len(photos) < 2:
         pytest.skip("needs the real photos in ../shared/data/photos")
-    from training.validation import make_pairs
+    from hndesc_features.training.validation import make_pairs
 
     return make_pairs({"source": {"name": "list", "paths": [str(p) for p in photos[:2]]}, "n_pairs": 2,
                        "resize": 400})
@@ -48,7 +48,7 @@ def _unit(x):
 
 def test_mutual_rates_split_keypoints_by_correspondence(pairs):
     from benchmarks.val_probe import _baseline, mutual_rates
-    from training.validation import evaluate_pairs
+    from hndesc_features.training.validation import evaluate_pairs
 
     _, rootsift = _baseline("hndesc_patch")
     r = mutual_rates(rootsift, pairs)

@@ -11,23 +11,34 @@ from hndesc_features.config import ConfigError, overlay  # noqa: F401 (ConfigErr
 
 
 def confs_dir() -> Path:
-    """confs/train in a checkout, or hndesc_features/confs/train when installed."""
-    here = Path(__file__).resolve().parent
-    c = here.parent / "confs" / "train"  # checkout: <repo>/confs; installed: hndesc_features/confs
-    if c.is_dir():
-        return c
-    try:
-        from importlib import resources
+    """confs/train: the checkout's confs/ folder or the wheel's hndesc_features/_confs (one lookup,
+    shared with the feature confs: hndesc_features.confs)."""
+    from hndesc_features.confs import _confs_root
 
-        return Path(str(resources.files("hndesc_features.confs").joinpath("train")))
-    except Exception:  # noqa: BLE001
-        return here.parent / "confs" / "train"
+    return Path(str(_confs_root().joinpath("train")))
+
+
+def list_configs() -> dict:
+    """name → first comment line of every shipped training config (files starting with _ are bases)."""
+    out = {}
+    root = confs_dir()
+    for f in sorted(root.rglob("*.yaml")):
+        if f.name.startswith("_"):
+            continue
+        first = f.read_text().lstrip().splitlines()[:1]
+        out[f.relative_to(root).with_suffix("").as_posix()] = first[0].lstrip("#").strip() if first and first[0].startswith("#") else ""
+    return out
+
+
+#: old training config names that keep working
+CONFIG_ALIASES = {"wlrn_orb": "kcc_orb", "wlrn_orb_finetune": "kcc_orb_finetune"}
 
 
 def resolve_config_path(path) -> Path:
     p = Path(path)
     if p.is_file():
         return p
+    p = Path(CONFIG_ALIASES.get(str(path), str(path)))
     for cand in (confs_dir() / p, confs_dir() / f"{p}.yaml", confs_dir() / p.name):
         if cand.is_file():
             return cand

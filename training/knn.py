@@ -7,7 +7,7 @@ descriptor of an image is the L2-normalised mean of the model's descriptors
 (``training.losses.hndesc.global_descriptor``). With hloc and NetVLAD weights at hand, use hloc's
 ``extract_features --conf netvlad`` on the training images instead: ``KNNIndex`` reads both.
 
-    python -m training.knn --output runs/knn_hndesc_small.h5 [--backbone small --weights W] [--size 384]
+    python -m hndesc_features.training.knn --output runs/knn_hndesc_small.h5 [--backbone small --weights W] [--size 384]
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def write_global_descriptors(paths, model, output: Path, size: int = 384) -> Pat
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.knn", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m hndesc_features.training.knn", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", type=Path, required=True)
     ap.add_argument("--backbone", default="small", help="HNDesc backbone (small | patch | caps | r2d2)")

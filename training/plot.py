@@ -1,6 +1,6 @@
 """Training curves (PNG) from a run's logged scalars (metrics.jsonl, the same values as TensorBoard).
 
-    python -m training.plot runs/residual_sift [--output docs/residual_sift_curves.png]
+    python -m hndesc_features.training.plot runs/residual_sift [--output docs/residual_sift_curves.png]
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def plot_run(run_dir, output=None, title=None) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.plot", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m hndesc_features.training.plot", description=__doc__)
     p.add_argument("run")
     p.add_argument("--output")
     p.add_argument("--title")

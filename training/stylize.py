@@ -23,7 +23,7 @@ Two stylizers:
     export of a photorealistic WCT2/PhotoWCT model. No weights are shipped; a missing file is a
     clear error.
 
-CLI: ``python -m training.stylize --help``. Output layout: ``OUT/<relative path without
+CLI: ``python -m hndesc_features.training.stylize --help``. Output layout: ``OUT/<relative path without
 extension>/<style>_<k>.jpg`` (``stylized_versions(OUT, rel)`` lists them for a dataset).
 Grayscale images get a lightness-only transfer plus the style's mean tint (with a warning);
 images smaller than ``--min-size`` px are skipped with a warning.
@@ -343,7 +343,7 @@ def parse_styles(items: Optional[Sequence[str]]) -> Optional[dict[str, list[Path
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m training.stylize",
+        prog="python -m hndesc_features.training.stylize",
         description="Pre-generate photorealistic stylized copies of training images (HNDesc). "
                     "Pixel-wise colour/tone transfer toward real dusk/night photos (default) or a "
                     "user-provided style network (torch.export/TorchScript); geometry is never changed.")

@@ -1,11 +1,11 @@
 """Train a method from a YAML config.
 
-    python -m training.train confs/train/residual_sift.yaml --output runs/residual_sift [--resume] \
+    python -m hndesc_features.training.train confs/train/residual_sift.yaml --output runs/residual_sift [--resume] \
         [train.steps=2000 data.homography.mode=full ...]
 
 Multi-process (DDP, gloo on CPU / nccl on GPU):
 
-    torchrun --nproc_per_node 2 -m training.train confs/train/residual_sift.yaml --output runs/x
+    torchrun --nproc_per_node 2 -m hndesc_features.training.train confs/train/residual_sift.yaml --output runs/x
 
 Installed from the wheel, the module is ``hndesc_features.training.train``.
 """
@@ -22,7 +22,11 @@ from .trainer import run
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+    from .config import list_configs
+
+    parser = argparse.ArgumentParser(prog="python -m hndesc_features.training.train", description=__doc__,
+                                     epilog="shipped training configs (by name):\n" + "\n".join(
+                                         f"  {n:<32} {d}" for n, d in list_configs().items()),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config (path, or name under confs/train/)")
     parser.add_argument("--output", required=True, help="run folder (checkpoints, logs, curves)")

@@ -59,7 +59,7 @@ DEFAULT_TRAIN = {
     # average the validation of a BN model moves with the last batches even when no weight changes
     # (docs/hndesc.md, session 5); 0: off (models without BN are never touched)
     "precise_bn": 0,
-    # fine-tuning: start from an exported weights file (`python -m training.export`, or a shipped one by
+    # fine-tuning: start from an exported weights file (`python -m hndesc_features.training.export`, or a shipped one by
     # its file name, e.g. hndesc_patch.pt) instead of the initialisation; its architecture must fit the
     # model conf (checked). --resume ignores it: the checkpoint wins.
     "init_weights": None,

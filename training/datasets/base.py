@@ -8,10 +8,11 @@ worker scheduling.
 from __future__ import annotations
 
 import copy
+import os
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -99,3 +100,32 @@ class BaseDataset(torch.utils.data.Dataset):
     def __getitem__(self, key) -> dict:
         index, seed = split_key(key)
         return self.get(index, sample_rng(seed, index), seed)
+
+
+DEFAULT_ENV = {"HNDESC_WALLPAPERS": "~/.cache/hndesc_features/wallpapers"}
+
+
+def expand(path) -> Path:
+    """~ and $VARS expanded; ${HNDESC_WALLPAPERS} defaults to ~/.cache/hndesc_features/wallpapers,
+    ${HNDESC_SHARED_DATA} to the ../shared/data folder found by dev_images."""
+    path = str(path)
+    if "HNDESC_SHARED_DATA" in path and "HNDESC_SHARED_DATA" not in os.environ:
+        from .dev_images import shared_data_dir
+
+        d = shared_data_dir()
+        if d is None:
+            raise FileNotFoundError(f"'{path}': ../shared/data not found (set HNDESC_SHARED_DATA)")
+        path = path.replace("${HNDESC_SHARED_DATA}", str(d)).replace("$HNDESC_SHARED_DATA", str(d))
+    for k, v in DEFAULT_ENV.items():
+        path = path.replace(f"${{{k}}}", os.environ.get(k, v)).replace(f"${k}", os.environ.get(k, v))
+    return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
+def list_images(root, recursive: bool = True, exts: Sequence[str] = IMAGE_EXTS) -> list[Path]:
+    """Sorted image paths under root (by extension, case-insensitive; hidden files skipped)."""
+    root = expand(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder '{root}' does not exist")
+    it = root.rglob("*") if recursive else root.iterdir()
+    exts = tuple(e.lower() for e in exts)
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))

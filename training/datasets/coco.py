@@ -4,25 +4,12 @@ Only the images are used (self-supervised homography pairs); annotations are ign
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from .image_folder import ImageFolder, expand, list_images
-
-SPLITS = ("train", "val", "test", "unlabeled")
-
-
-def coco_images(root, split: str = "train") -> list[Path]:
-    if split not in SPLITS:
-        raise ValueError(f"COCO split must be one of {SPLITS}, got '{split}'")
-    folder = expand(root) / f"{split}2017"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"COCO: '{folder}' not found (expected the COCO 2017 layout "
-                                f"root/{split}2017/*.jpg)")
-    paths = list_images(folder, recursive=False, exts=(".jpg", ".jpeg", ".png"))
-    if not paths:
-        raise FileNotFoundError(f"COCO: no images in '{folder}'")
-    return paths
-
+from .image_folder import ImageFolder
+from .sources import SPLITS, coco_images  # noqa: F401 (re-exported)
 
 class COCO(ImageFolder):
-    default_conf = {**ImageFolder.default_conf, "source": {"name": "coco", "root": None, "split": "train"}}
+    default_conf = {**ImageFolder.default_conf, "root": None, "split": "train"}
+
+    def _init(self, conf):
+        super()._init({**conf, "source": conf["source"] or {"name": "coco", "root": conf["root"],
+                                                             "split": conf["split"]}})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..augment import DEFAULT_CONF as PHOTOMETRIC_DEFAULT
 from ..augment import PhotometricAugmentation
 from ..geometry.homography import DEFAULT_CONF as H_DEFAULT
 from ..geometry.homography import merge_conf, min_image_side, sample_pair
@@ -21,18 +22,18 @@ from .image_folder import ImageLoader, source_paths
 
 class HomographyPairs(BaseDataset):
     default_conf = {
-        "source": {"name": "dev_images", "split": "train"},
+        "source": None,  # an image source spec (sources.py); None → {name: dev_images, split: train}
         "resize": [640, 1024],  # long side of the source image, uniform in this range
         "load_max_side": 1600,  # images are downscaled to this once at load (and cached)
         "cache": True,
         "grayscale": False,
         "homography": H_DEFAULT,
-        "photometric": {"enable": True},
+        "photometric": PHOTOMETRIC_DEFAULT,
         "epoch_repeats": 1,  # samples per image per epoch
     }
 
     def _init(self, conf):
-        self.paths = source_paths(conf["source"])
+        self.paths = source_paths(conf["source"] or {"name": "dev_images", "split": "train"})
         self.loader = ImageLoader(self.paths, conf["grayscale"], conf["load_max_side"], conf["cache"])
         self.hconf = merge_conf(H_DEFAULT, conf["homography"])
         self.min_side = min_image_side(self.hconf)

@@ -1,4 +1,4 @@
-"""Image folders and image *sources* (lists of photo paths) for self-supervised training.
+"""Image folders for self-supervised training; their images come from a *source* (sources.py).
 
 A source is a dict (or a list of dicts, concatenated) with a ``name``:
 
@@ -22,91 +22,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .base import IMAGE_EXTS, BaseDataset, CorruptImageWarning, read_image, resize_long_side, to_tensor
-
-
-DEFAULT_ENV = {"HNDESC_WALLPAPERS": "~/.cache/hndesc_features/wallpapers"}
-
-
-def expand(path) -> Path:
-    """~ and $VARS expanded; ${HNDESC_WALLPAPERS} defaults to ~/.cache/hndesc_features/wallpapers,
-    ${HNDESC_SHARED_DATA} to the ../shared/data folder found by dev_images."""
-    path = str(path)
-    if "HNDESC_SHARED_DATA" in path and "HNDESC_SHARED_DATA" not in os.environ:
-        from .dev_images import shared_data_dir
-
-        d = shared_data_dir()
-        if d is None:
-            raise FileNotFoundError(f"'{path}': ../shared/data not found (set HNDESC_SHARED_DATA)")
-        path = path.replace("${HNDESC_SHARED_DATA}", str(d)).replace("$HNDESC_SHARED_DATA", str(d))
-    for k, v in DEFAULT_ENV.items():
-        path = path.replace(f"${{{k}}}", os.environ.get(k, v)).replace(f"${k}", os.environ.get(k, v))
-    return Path(os.path.expandvars(os.path.expanduser(path)))
-
-
-def list_images(root, recursive: bool = True, exts: Sequence[str] = IMAGE_EXTS) -> list[Path]:
-    """Sorted image paths under root (by extension, case-insensitive; hidden files skipped)."""
-    root = expand(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Image folder '{root}' does not exist")
-    it = root.rglob("*") if recursive else root.iterdir()
-    exts = tuple(e.lower() for e in exts)
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
-
-
-def source_paths(source) -> list[Path]:
-    """Image paths of one source dict or a list of them (``exclude``: substrings of paths to drop)."""
-    if source is None:
-        raise ValueError("data.source is missing: name an image source (dev_images, folder, coco, ...)")
-    if isinstance(source, (list, tuple)):
-        out = []
-        for s in source:
-            out += source_paths(s)
-        return out
-    paths = _source_paths(source)
-    exclude = source.get("exclude") or []
-    if isinstance(exclude, str):
-        exclude = [exclude]
-    paths = [p for p in paths if not any(e in str(p) for e in exclude)]
-    if not paths:
-        raise FileNotFoundError(f"image source {source} is empty after exclusions")
-    return paths
-
-
-def _source_paths(source) -> list[Path]:
-    name = source.get("name")
-    if name == "dev_images":
-        from . import dev_images
-
-        split = source.get("split", "train")
-        if split not in ("train", "heldout"):
-            raise ValueError(f"dev_images split must be 'train' or 'heldout', got '{split}'")
-        paths = dev_images.train_images() if split == "train" else dev_images.heldout_images()
-        if not paths:
-            raise FileNotFoundError("dev_images: no photos found (../shared/data and skimage/sklearn missing)")
-        return list(paths)
-    if name == "folder":
-        if "root" not in source:
-            raise ValueError("source 'folder' needs a 'root'")
-        paths = list_images(source["root"], source.get("recursive", True))
-        if not paths:
-            raise FileNotFoundError(f"No images under '{expand(source['root'])}'")
-        return paths
-    if name == "coco":
-        from .coco import coco_images
-
-        return coco_images(source["root"], source.get("split", "train"))
-    if name == "megadepth":
-        from .megadepth import megadepth_images
-
-        return megadepth_images(source["root"], source.get("split", "train"), source.get("scenes"))
-    if name == "phototourism":
-        from .phototourism import phototourism_images
-
-        return phototourism_images(source["root"], source.get("scenes"))
-    if name == "list":
-        return [expand(p) for p in source["paths"]]
-    raise ValueError(f"Unknown image source '{name}' (dev_images, folder, coco, megadepth, phototourism, list)")
+from .base import DEFAULT_ENV, BaseDataset, CorruptImageWarning, expand, list_images, read_image, resize_long_side, to_tensor  # noqa: F401
+from .sources import source_paths  # noqa: F401 (re-exported)
 
 
 class ImageLoader:
@@ -149,7 +66,7 @@ class ImageFolder(BaseDataset):
     """Single images of a source (e.g. for features/inference or custom pair generators)."""
 
     default_conf = {
-        "source": {"name": "folder", "root": None, "recursive": True},
+        "source": None,  # an image source spec (sources.py), e.g. {name: folder, root: DIR}
         "grayscale": False,
         "resize_max": None,  # long side; None = original size
         "cache": False,

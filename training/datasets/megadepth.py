@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .base import BaseDataset, read_image, resize_long_side, to_tensor
-from .image_folder import expand
+from .base import expand
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 
-from .image_folder import expand, list_images
+from .base import expand, list_images
 from .megadepth import Camera, CameraPairDataset, collate_pairs
 
 

@@ -3,7 +3,7 @@
     mkdir -p ~/.cache/hndesc_features/debs && cd ~/.cache/hndesc_features/debs
     apt-get download mate-backgrounds plasma-workspace-wallpapers lomiri-wallpapers-16.04 \
         lomiri-wallpapers-20.04 lomiri-wallpapers ukui-wallpapers gnome-backgrounds
-    python -m training.datasets.wallpapers [--debs DIR] [--output DIR]
+    python -m hndesc_features.training.datasets.wallpapers [--debs DIR] [--output DIR]
 
 Extracts every JPEG/PNG of the .deb files (``dpkg-deb -x``), keeps one copy per picture (the
 packages hold many resolutions of each: near-duplicates are detected on 32×32 thumbnails and the
@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .base import read_image, resize_long_side
-from .image_folder import DEFAULT_ENV, expand, list_images
+from .base import DEFAULT_ENV, expand, list_images
 
 
 def thumbnail(img: np.ndarray, size: int = 32) -> np.ndarray:
@@ -41,7 +41,7 @@ def near_duplicate(a: np.ndarray, b: np.ndarray, threshold: float = 0.9) -> bool
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.datasets.wallpapers", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m hndesc_features.training.datasets.wallpapers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debs", default="~/.cache/hndesc_features/debs")
     p.add_argument("--output", default=DEFAULT_ENV["HNDESC_WALLPAPERS"])

@@ -378,7 +378,7 @@ DEFAULT_CONF = {
     "augment": {"enable": True, "p_color": 0.6, "p_blur": 0.3, "p_noise": 0.1},
     # second crop from a stylized version with probability p (reference: 0.7).
     # mode online: StatsStylizer colour map on the crop; pregenerated: copies written by
-    # `python -m training.stylize` under `root` (needs samples with A1/source_hw); none.
+    # `python -m hndesc_features.training.stylize` under `root` (needs samples with A1/source_hw); none.
     "stylize": {"mode": "online", "p": 0.7, "root": None, "styles": None, "rel_to": None},
     # neighbour crops have the size of the training crops (one forward pass)
     "gd": {"knn_file": None, "k": 5, "pick": "first", "resize": 800, "max_kpts": 200,
@@ -458,7 +458,7 @@ def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
 
     if sconf.get("root") is None:
         raise ValueError("loss.stylize.mode=pregenerated needs loss.stylize.root "
-                         "(the output folder of `python -m training.stylize`)")
+                         "(the output folder of `python -m hndesc_features.training.stylize`)")
     if "A1" not in sample or "source_hw" not in sample:
         raise ValueError("loss.stylize.mode=pregenerated needs samples with 'A1' (image→view1 "
                          "homography) and 'source_hw' (size of the resized source image); this "
