@@ -42,7 +42,15 @@ def default_pair(out: Path):
     return "a.jpg", "b.jpg", DEMO_H
 
 
+def sample_matches(n: int, k: int, seed: int = 0) -> np.ndarray:
+    """Indices of a fixed random sample of at most k of n matches (sorted)."""
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
 def draw_matches(img0, img1, kp0, kp1, correct, path: Path, title: str):
+    """Side-by-side picture of the given matches (green: correct, red: wrong)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,15 +63,18 @@ def draw_matches(img0, img1, kp0, kp1, correct, path: Path, title: str):
     fig = plt.figure(figsize=(12, 12 * h / canvas.shape[1] + 0.6), dpi=100)
     plt.imshow(canvas)
     for (x0, y0), (x1, y1), ok in zip(kp0, kp1, correct):
-        plt.plot([x0, x1 + img0.shape[1]], [y0, y1], "-", lw=0.6,
-                 color=(0.1, 0.85, 0.2) if ok else (0.95, 0.15, 0.15), alpha=0.7)
+        plt.plot([x0, x1 + img0.shape[1]], [y0, y1], "-", lw=1.0,
+                 color=(0.1, 0.85, 0.2) if ok else (0.95, 0.15, 0.15), alpha=0.85)
+        plt.plot([x0, x1 + img0.shape[1]], [y0, y1], "o", ms=2.5, color="yellow", alpha=0.9)
     plt.axis("off")
     plt.title(title)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
-def run(conf_name: str, output: Path, image0=None, image1=None) -> dict:
+def run(conf_name: str, output: Path, image0=None, image1=None, draw: int = 80) -> dict:
+    """Extract + match two images; every match is counted, a fixed random sample of `draw` of
+    them is drawn (a picture of hundreds of lines is unreadable)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     if image0 is None:
@@ -97,36 +108,44 @@ def run(conf_name: str, output: Path, image0=None, image1=None) -> dict:
     title = f"{conf_name}: {report['matches']} mutual-NN matches"
     if "precision@3px" in report:
         title += f", {100 * report['precision@3px']:.1f}% within 3 px of the true homography"
-    draw_matches(img0, img1, mk0, mk1, correct, output / "matches.png", title)
+    shown = sample_matches(len(mk0), draw)
+    report["drawn"] = int(len(shown))
+    if len(shown) < len(mk0):
+        title += f"\n(a random sample of {len(shown)} drawn; green: correct, red: wrong)"
+    draw_matches(img0, img1, mk0[shown], mk1[shown], correct[shown], output / "matches.png", title)
     report["picture"] = str(output / "matches.png")
     (output / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
 def default_conf() -> str:
-    """hndesc when its shipped weights exist, else rootsift."""
-    from importlib import resources
+    """hndesc when its weights are found, else rootsift."""
+    from . import weights as registry
 
     try:
-        if resources.files("hndesc_features.weights").joinpath("hndesc_patch.pt").is_file():
-            return "hndesc"
+        model = get_feature_conf("hndesc")["model"]
+        registry.resolve(model.get("weights"), f"hndesc_{model['backbone']}" if "backbone" in model else "hndesc")
+        return "hndesc"
     except Exception:
-        pass
-    return "rootsift"
+        return "rootsift"
 
 
 def cli(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--conf", default=None, choices=sorted(feature_confs()),
+    from .confs import help_epilog
+
+    p = argparse.ArgumentParser(prog="python -m hndesc_features.demo", description=__doc__.split("\n\n")[0],
+                                epilog=help_epilog("features"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--conf", default=None, choices=sorted(feature_confs()), metavar="CONF",
                    help="feature conf (default: hndesc if its weights are installed, else rootsift)")
-    p.add_argument("--output", type=Path, default=Path("demo_out"))
-    p.add_argument("--image0", type=Path)
-    p.add_argument("--image1", type=Path)
+    p.add_argument("--output", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    p.add_argument("--image0", type=Path, help="first image (default: a built-in real photo)")
+    p.add_argument("--image1", type=Path, help="second image (default: a warped, darkened copy of the first)")
+    p.add_argument("--draw", type=int, default=80, help="matches drawn in the picture (all are counted; default 80)")
     a = p.parse_args(argv)
     if (a.image0 is None) != (a.image1 is None):
         p.error("give both --image0 and --image1, or neither")
     try:
-        report = run(a.conf or default_conf(), a.output, a.image0, a.image1)
+        report = run(a.conf or default_conf(), a.output, a.image0, a.image1, a.draw)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         logger.error(str(e))
         sys.exit(1)

@@ -110,7 +110,9 @@ def exclusive_lock(target: Path):
     """Hold an exclusive lock next to `target`; a second writer gets a clear error.
 
     POSIX record locks (lockf) belong to the process and are not inherited by forked children
-    (e.g. DataLoader workers), so a killed writer never leaves a lock held behind it.
+    (e.g. DataLoader workers), so a killed writer never leaves a lock held behind it. The lock
+    file is removed on release (success or failure), while still locked; a process that opened
+    it just before cannot be fooled: after locking, the path must still name the file it locked.
     """
     lock_path = Path(str(target) + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,21 +121,32 @@ def exclusive_lock(target: Path):
            "Wait for it to finish or write to another --feature_path.")
     if key in _HELD_LOCKS:
         raise FileLockedError(msg.replace("another process", "this process already"))
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise FileLockedError(msg) from None
             raise
-        _HELD_LOCKS.add(key)
         try:
-            yield
-        finally:
-            _HELD_LOCKS.discard(key)
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed it between our open and our lock: take the new one
+    _HELD_LOCKS.add(key)
+    try:
+        yield
     finally:
-        os.close(fd)  # releases the lock; the (empty) lock file is harmless
+        _HELD_LOCKS.discard(key)
+        try:
+            os.unlink(lock_path)  # still locked: no other process holds this inode
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def write_group(fd: h5py.File, name: str, pred: dict, attrs: dict | None = None):
