@@ -62,7 +62,7 @@ def _pairs(method: str, n_pairs: int, photometric: bool) -> list:
 
 def _baseline(method: str):
     from hndesc_features.handcrafted import binary_to_unit_float, detect_orb, detect_sift
-    from hndesc_features.training.losses.hndesc import cv2_gray
+    from hndesc_features.handcrafted import cv2_gray
 
     if method in ("hndesc_patch", "residual"):
         def rootsift(img):
@@ -82,7 +82,7 @@ def rootsift_at(image: torch.Tensor, frames: np.ndarray) -> np.ndarray:
     import cv2
 
     from hndesc_features.handcrafted import sift_to_rootsift
-    from hndesc_features.training.losses.hndesc import cv2_gray
+    from hndesc_features.handcrafted import cv2_gray
 
     kps = [cv2.KeyPoint(float(x), float(y), float(s), float(a)) for x, y, s, a in frames]
     _, d = cv2.SIFT_create().compute(cv2_gray(image), kps)
@@ -114,7 +114,8 @@ def _describer(weights: str):
 def frame_probe(describe, pairs: list, jitters=JITTERS, max_keypoints: int = 1024, seed: int = 0) -> dict:
     """``gt_nn@σ``: NN accuracy of the descriptor given exact view-1 frames (orientation ± N(0, σ°))."""
     from hndesc_features.training.geometry.homography import transfer_frames
-    from hndesc_features.training.losses.hndesc import _in_valid, cv2_gray, dog_frames
+    from hndesc_features.handcrafted import cv2_gray, dog_frames
+    from hndesc_features.training.pipelines.hndesc import _in_valid
 
     rng = np.random.default_rng(seed)
     out = {}

@@ -19,8 +19,9 @@ def warp_points(points, H):
         ph = torch.cat([points, torch.ones_like(points[..., :1])], -1)
         out = ph @ H.transpose(-1, -2)
         return out[..., :2] / out[..., 2:]
-    points = np.asarray(points, np.float64).reshape(*np.shape(points)[:-1], 2) if np.size(points) else \
-        np.zeros((0, 2))
+    points = np.asarray(points, np.float64)
+    if points.size == 0:
+        return np.zeros((*points.shape[:-1], 2)) if points.ndim > 1 else np.zeros((0, 2))
     ph = np.concatenate([points, np.ones_like(points[..., :1])], -1)
     out = ph @ np.asarray(H, np.float64).swapaxes(-1, -2)
     return out[..., :2] / out[..., 2:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 EPS = 1e-6
 
@@ -124,3 +125,37 @@ def binary_to_unit_float(desc: np.ndarray) -> np.ndarray:
     bits = np.unpackbits(desc, axis=1).astype(np.float32)
     d = bits.shape[1]
     return ((2.0 * bits - 1.0) / np.sqrt(max(d, 1))).astype(np.float32).reshape(len(desc), d)
+
+
+# ---------------------------------------------------------------- DoG frames of torch images (training)
+def rgb_u8(t: torch.Tensor) -> np.ndarray:
+    """C×H×W float [0,1] → H×W×3 uint8."""
+    a = (t.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.repeat(a, 3, -1) if a.shape[-1] == 1 else np.ascontiguousarray(a)
+
+
+def dog_frames(gray: np.ndarray, n: int, contrast_threshold: float = 0.005, unique: bool = False) -> np.ndarray:
+    """OpenCV DoG keypoint frames N×4 (x, y, size, angle°), strongest first (the detector of the
+    extractors: ``handcrafted.detect_sift``). ``unique`` keeps one orientation per location (the
+    strongest) — for training anchors, whose duplicates would be false negatives of each other;
+    extraction keeps them all, as SIFT does."""
+    f = keypoint_frames(detect_sift(gray, -1, contrast_threshold, compute=False))
+    if unique:
+        first: dict = {}
+        for i, (x, y) in enumerate(f[:, :2].tolist()):
+            first.setdefault((round(x, 2), round(y, 2)), i)
+        f = f[sorted(first.values())]
+    return f[:n]
+
+
+def dog_keypoints(gray: np.ndarray, n: int, contrast_threshold: float = 0.005) -> np.ndarray:
+    """OpenCV DoG (SIFT detector) locations, one per position (orientation duplicates merged),
+    strongest first → N×2 float32. Duplicated locations would be false "negatives" of each other."""
+    return np.ascontiguousarray(dog_frames(gray, n, contrast_threshold, unique=True)[:, :2])
+
+
+def cv2_gray(t: torch.Tensor) -> np.ndarray:
+    import cv2
+
+    a = rgb_u8(t)
+    return cv2.cvtColor(a, cv2.COLOR_RGB2GRAY)

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hndesc_features.training.losses.hndesc import (HNDescLoss, KNNIndex, QuantizedAP, SelfGDIndex, mine_hardest,
-                                    negative_mask, pick_negative_window)
+from hndesc_features.training.knn import KNNIndex, SelfGDIndex
+from hndesc_features.training.losses.hndesc import HNDescLoss, QuantizedAP, mine_hardest, negative_mask
+from hndesc_features.training.pipelines.hndesc import pick_negative_window
 
 torch.set_num_threads(1)
 
@@ -217,25 +218,27 @@ def pairs():
 def test_prepare_gives_exact_correspondences(pairs):
     from hndesc_features.training.geometry.homography import warp_points
     from hndesc_features.training.losses import hndesc as L
+    from hndesc_features.training.pipelines import hndesc as P
 
-    out = L.prepare(pairs[0], _conf())
+    out = P.prepare(pairs[0], _conf())
     m = out["kmask"].numpy()
     assert out["view0"].shape == (3, 128, 128) and out["kpts0"].shape == (64, 2) and m.sum() >= 8
     k0, k1 = out["kpts0"].numpy()[m], out["kpts1"].numpy()[m]
     np.testing.assert_allclose(warp_points(k0.astype(np.float64), out["H_0to1"].numpy()), k1, atol=1e-3)
     assert ((k1 >= -0.5) & (k1 <= 127.5)).all()
     assert len(np.unique(k0.round(2), axis=0)) == len(k0)  # one keypoint per location
-    again = L.prepare(pairs[0], _conf())  # a sample is a pure function of its seed
+    again = P.prepare(pairs[0], _conf())  # a sample is a pure function of its seed
     assert torch.equal(out["view1"], again["view1"]) and torch.equal(out["kpts0"], again["kpts0"])
 
 
 def test_loss_adapter_trains_in_batch(pairs):
     from hndesc_features.models.checkpoints import build_model
     from hndesc_features.training.losses import hndesc as L
+    from hndesc_features.training.pipelines import hndesc as P
 
     torch.manual_seed(0)
     conf = _conf()
-    batch = L.collate([L.prepare(p, conf) for p in pairs])
+    batch = P.collate([P.prepare(p, conf) for p in pairs])
     model = build_model("hndesc_small", {})
     loss_fn = L.Loss(conf["loss"])
     loss, logs = loss_fn(model, batch)
@@ -250,6 +253,7 @@ def test_loss_adapter_gd_and_selfgd(pairs, tmp_path):
     from hndesc_features.models.checkpoints import build_model
     from hndesc_features.training.datasets.dev_images import train_images
     from hndesc_features.training.losses import hndesc as L
+    from hndesc_features.training.pipelines import hndesc as P
 
     names = [str(p) for p in train_images()]
     lines = [f"{Path(pairs[i]['name']).name} {Path(names[(j * 7) % len(names)]).name}"
@@ -262,7 +266,7 @@ def test_loss_adapter_gd_and_selfgd(pairs, tmp_path):
                           ("selfgd", {"gd": {"resize": 320, "max_kpts": 32},
                                       "selfgd": {"refresh_every": 100, "k": 2, "size": 64}})]:
         conf = _conf(mining, **extra)
-        batch = L.collate([L.prepare(p, conf) for p in pairs])
+        batch = P.collate([P.prepare(p, conf) for p in pairs])
         loss, logs = L.Loss(conf["loss"])(model, batch)
         assert torch.isfinite(loss) and logs["extra_negs"] > 0, mining
     with pytest.raises(ValueError, match="knn_file"):
@@ -270,7 +274,7 @@ def test_loss_adapter_gd_and_selfgd(pairs, tmp_path):
 
 
 def test_dog_keypoints_unique_and_sorted():
-    from hndesc_features.training.losses.hndesc import dog_keypoints
+    from hndesc_features.handcrafted import dog_keypoints
 
     skd = pytest.importorskip("skimage.data", reason="scikit-image provides the real test photos")
     kp = dog_keypoints(skd.camera(), 500, 0.005)

@@ -12,6 +12,7 @@ import torch
 from hndesc_features.models.hndesc_patch import HNDescPatch
 from hndesc_features.training.geometry.homography import angle_diff, homography_jacobian, transfer_frames
 from hndesc_features.training.losses import hndesc as L
+from hndesc_features.training.pipelines import hndesc as P
 
 torch.set_num_threads(1)
 
@@ -57,11 +58,11 @@ def test_transferred_frames_agree_with_dog_on_real_rotation(astronaut):
     gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
     H = _similarity(40.0, 0.8, (256, 256))
     warped = cv2.warpPerspective(gray, H, (512, 512), flags=cv2.INTER_LINEAR)
-    f0 = L.dog_frames(gray, 300, 0.005, unique=True)
+    f0 = P.dog_frames(gray, 300, 0.005, unique=True)
     t1 = transfer_frames(f0, H)
     inside = (t1[:, 0] > 20) & (t1[:, 0] < 492) & (t1[:, 1] > 20) & (t1[:, 1] < 492)
-    det1 = L.dog_frames(warped, 3000, 0.005, unique=False)
-    frames, matched = L.view1_frames(t1[inside], det1, dict(L.DEFAULT_CONF["frames"]), np.random.default_rng(0))
+    det1 = P.dog_frames(warped, 3000, 0.005, unique=False)
+    frames, matched = P.view1_frames(t1[inside], det1, dict(P.DEFAULT_CONF["frames"]), np.random.default_rng(0))
     assert matched.mean() > 0.5
     err = angle_diff(frames[matched, 3], t1[inside][matched, 3])
     assert np.median(err) < 5.0
@@ -75,7 +76,7 @@ def test_patch_backbone_invariant_to_rotation_and_scale_given_frames(astronaut):
     net = HNDescPatch().eval()
     H = _similarity(75.0, 1.3, (256, 256), shift=(40.0, -20.0))
     warped = cv2.warpPerspective(astronaut, H, (700, 700), flags=cv2.INTER_LINEAR)
-    f0 = L.dog_frames(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY), 200, 0.01, unique=True)
+    f0 = P.dog_frames(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY), 200, 0.01, unique=True)
     t1 = transfer_frames(f0, H).astype(np.float32)
     ok = (t1[:, :2] > 40).all(1) & (t1[:, :2] < 660).all(1) & (f0[:, :2] > 30).all(1) & (f0[:, :2] < 482).all(1)
     f0, t1 = f0[ok], t1[ok]
@@ -113,7 +114,7 @@ def test_patch_backbone_without_batch_norm(astronaut, tmp_path):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in HNDescPatch().modules())
     im = torch.from_numpy(astronaut).permute(2, 0, 1).float() / 255
-    frames = torch.from_numpy(L.dog_frames(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY), 64, 0.01, unique=True))
+    frames = torch.from_numpy(P.dog_frames(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY), 64, 0.01, unique=True))
     patches = net.patches(im, frames)
     with torch.no_grad():
         alone = net.train()(patches[:8])
@@ -148,7 +149,7 @@ def test_prepare_frames_follow_the_homography(pairs):
     from hndesc_features.training.geometry.homography import warp_points
 
     conf = _conf()
-    out = L.prepare(pairs[0], conf)
+    out = P.prepare(pairs[0], conf)
     m = out["kmask"].numpy()
     assert out["kpts0"].shape == (48, 4) and m.sum() >= 8
     k0, k1 = out["kpts0"].numpy()[m], out["kpts1"].numpy()[m]
@@ -168,7 +169,7 @@ def test_loss_trains_patch_backbone_and_rejects_positions_only(pairs):
 
     torch.manual_seed(0)
     conf = _conf()
-    batch = L.collate([L.prepare(p, conf) for p in pairs])
+    batch = P.collate([P.prepare(p, conf) for p in pairs])
     model = build_model("hndesc_patch", conf["model"])
     loss, logs = L.Loss(conf["loss"])(model, batch)
     assert torch.isfinite(loss) and 0 <= loss.item() <= 1
@@ -213,7 +214,7 @@ def test_knn_file_from_our_model_drives_gd_mining(tmp_path):
     skd = pytest.importorskip("skimage.data")
     from hndesc_features import weights as registry
     from hndesc_features.training.knn import write_global_descriptors
-    from hndesc_features.training.losses.hndesc import KNNIndex
+    from hndesc_features.training.knn import KNNIndex
 
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -248,7 +249,7 @@ def test_gd_and_selfgd_mining_with_frames(pairs, tmp_path):
                           ("selfgd", {"gd": {"resize": 320, "max_kpts": 24},
                                       "selfgd": {"refresh_every": 100, "k": 2, "size": 96}})]:
         conf = dict(base, loss={**base["loss"], "mining": mining, **extra})
-        batch = L.collate([L.prepare(p, conf) for p in pairs])
+        batch = P.collate([P.prepare(p, conf) for p in pairs])
         loss, logs = L.Loss(conf["loss"])(model, batch)
         assert torch.isfinite(loss) and logs["extra_negs"] > 0, mining
 
@@ -259,7 +260,7 @@ def test_mutual_term_sets_and_loss(pairs):
 
     conf = _conf()
     conf["loss"]["mutual"] = {"weight": 1.0, "keypoints": 64}
-    out = L.prepare(pairs[2], conf)
+    out = P.prepare(pairs[2], conf)
     H = out["H_0to1"].numpy().astype(np.float64)
     v0, v1, m = out["m_valid0"].numpy(), out["m_valid1"].numpy(), out["m_matches"].numpy()
     f0, f1 = out["m_frames0"].numpy(), out["m_frames1"].numpy()
@@ -275,10 +276,10 @@ def test_mutual_term_sets_and_loss(pairs):
     # view 1's frames are its own detections: some lie nowhere near a view-0 keypoint's true position
     assert (~near.any(0) & v1).sum() > 0
     plain = dict(conf, loss={k: v for k, v in conf["loss"].items() if k != "mutual"})
-    assert "m_frames0" not in L.prepare(pairs[2], plain)
+    assert "m_frames0" not in P.prepare(pairs[2], plain)
 
     torch.manual_seed(0)
-    batch = L.collate([L.prepare(p, conf) for p in pairs])
+    batch = P.collate([P.prepare(p, conf) for p in pairs])
     model = build_model("hndesc_patch", conf["model"])
     loss, logs = L.Loss(conf["loss"])(model, batch)
     assert {"mutual", "mnn_precision", "mnn_matches"} <= set(logs) and 0 <= float(logs["mnn_precision"]) <= 1

@@ -71,7 +71,10 @@ LOSS_ALIASES = {"wlrn": "kcc"}
 
 
 def load_method(name: str):
-    """The loss module training.losses.<name> (Loss class + optional prepare/collate)."""
+    """A method's training pieces: ``Loss`` from training/losses/<name>.py, ``prepare`` / ``collate``
+    from training/pipelines/<name>.py (when the method has its own data pipeline)."""
+    from types import SimpleNamespace
+
     name = LOSS_ALIASES.get(name, name)
     try:
         module = importlib.import_module(f"{__package__}.losses.{name}")
@@ -81,7 +84,15 @@ def load_method(name: str):
         raise
     if not hasattr(module, "Loss"):
         raise ValueError(f"training/losses/{name}.py must define a `Loss` class (see training/README.md)")
-    return module
+    try:
+        pipeline = importlib.import_module(f"{__package__}.pipelines.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.pipelines.{name}":
+            raise
+        pipeline = None
+    pick = lambda attr: getattr(pipeline, attr, None) if pipeline is not None else getattr(module, attr, None)  # noqa: E731
+    return SimpleNamespace(name=name, Loss=module.Loss, loss_module=module, pipeline=pipeline,
+                           prepare=pick("prepare"), collate=pick("collate"))
 
 
 class PreparedDataset(torch.utils.data.Dataset):

@@ -176,9 +176,3 @@ class Loss(nn.Module):
             return None, {}
         keys = ("mnn_precision", "mnn_matches", "n_pos")
         return torch.stack(terms).mean(), {k: float(np.mean([float(g[k]) for g in logs])) for k in keys}
-
-
-def collate(batch: list[dict]) -> dict:
-    from ..datasets.weak import collate_triplets
-
-    return collate_triplets(batch)
