@@ -38,7 +38,6 @@ def select_retrieval(name: str) -> str:
     imports, else our `hf_netvlad` (same weights file, same descriptors, no torchvision)."""
     if name != "netvlad":
         return name
-    require_hloc("retrieval")
     why = hloc_netvlad_import_error()
     if why is None:
         logger.info("Retrieval: hloc's NetVLAD (conf netvlad).")
@@ -84,10 +83,10 @@ def _torch_version() -> str:
 
 def check_global_model(conf: dict) -> None:
     """Raise BenchmarkError naming what is missing for this global (retrieval) conf."""
-    require_hloc("retrieval")
     name = conf["model"]["name"]
-    if name == OURS_NETVLAD:
+    if name == OURS_NETVLAD:  # needs neither hloc nor torchvision
         return _check_our_netvlad(conf)
+    require_hloc("retrieval")
     if name in NEEDS_TORCHVISION:
         try:
             import torchvision  # noqa: F401
