@@ -139,6 +139,11 @@ def test_precomputed_shortlist_reranked_by_inliers_hand_computed_map(tiny, tmp_p
     q0 = res["per_query"]["fountain_0005"]
     inl = dict(zip(q0["top"], q0["inliers"]))
     assert min(inl["fountain_0004.jpg"], inl["fountain_0006.jpg"]) > 3 * max(inl["herzjesu_0002.jpg"], inl["sacre_0.jpg"], 5)
+    # the runner's JSON feeds benchmarks.report's retrieval table
+    from benchmarks import report
+
+    body = report.main(["--retrieval", str(tmp_path / "R.json")])
+    assert f"| sift1k (top 100 of short) | {res['map']['medium']:.1f} | 100.0 | – | – |" in body
     # resumable: a second run reuses features and matches and gives the same numbers
     res2 = R.main(list(map(str, ["--dataset", "roxford5k", "--data", tiny["data"], "--conf", tiny["conf"],
                                  "--shortlist", short, "--outputs", out, "--output", tmp_path / "R2.json"])))
