@@ -156,7 +156,8 @@ def evaluate_local(results: Path, gt_file: Path, queries: dict, ok) -> dict:
 
 def main(argv=None):
     parser = runner_parser(__doc__, "aachen_v1.1", "query→db pairs; skips retrieval (offline)",
-                           retrieval_help="global conf (hloc's netvlad by default)")
+                           retrieval_help="global conf (hloc's netvlad by default; our torchvision-free "
+                                          "hf_netvlad when hloc's cannot import)")
     parser.add_argument("--num_covis", type=int, default=20)
     parser.add_argument("--num_loc", type=int, default=50)
     parser.add_argument("--covisibility_clustering", action="store_true")

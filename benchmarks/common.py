@@ -67,7 +67,8 @@ def runner_parser(doc: str, name: str, pairs_help: str, retrieval_help: Optional
         parser.add_argument("--output", type=Path, help=output_help)
     parser.add_argument("--conf", help="feature conf (ours or hloc's)")
     parser.add_argument("--matcher", default="NN-mutual")
-    parser.add_argument("--retrieval", default="netvlad", help=retrieval_help)
+    parser.add_argument("--retrieval", default="netvlad", help=retrieval_help or (
+        "global conf (default netvlad: hloc's, or our torchvision-free hf_netvlad when hloc's cannot import)"))
     parser.add_argument("--pairs", type=Path, help=pairs_help)
     return parser
 

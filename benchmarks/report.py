@@ -2,13 +2,14 @@
 
     python -m benchmarks.report --hpatches hp.json --localization loc_day.json loc_night.json \
         --aachen_server aachen.txt --inloc_server inloc.txt --tokyo tokyo.json \
-        [--paper_figures figures.yaml] --output RESULTS.md [--readme README.md]
+        [--retrieval roxf.json rpar.json] [--paper_figures figures.yaml] --output RESULTS.md [--readme README.md]
 
 Tables: HNDesc's Aachen v1.1 day/night table and sparse-matching (HPatches MMA) table; the
 residual-descriptor paper's Table 1 (HPatches homography accuracy Cor-1/3/5 and matching score
 at 240×320/300 kp and 480×640/1000 kp), Table 2 (camera localization: Aachen v1.1 and InLoc from
 the server) and Table 3 (Structure-from-Motion statistics of the maps we triangulate); plus our
-offline GT-pose localization and Tokyo 24/7 tables.
+offline GT-pose localization and Tokyo 24/7 tables, and HNDesc's image-retrieval table
+(ROxford5k / RParis6k Medium and Hard mAP, from benchmarks.image_retrieval).
 Server numbers (Aachen, InLoc are evaluated on https://www.visuallocalization.net): a text file
 (or the same text pasted as the argument) with one line per method, `method: <text the server shows>`, e.g.
 `rootsift: day 88.6 / 95.8 / 99.0  night 72.3 / 90.6 / 98.4` or `rootsift: DUC1 40.4 / 58.1 /
@@ -199,6 +200,35 @@ def tokyo_table(tokyo: list[dict]) -> list[str]:
             + _table(["Conf", "Matcher", "R@1", "R@5", "R@10", "Shortlist R@1", "R@5", "R@10", "#Queries"], rows))
 
 
+RETRIEVAL_COLS = (("roxford5k", "medium", "ROxf Medium"), ("roxford5k", "hard", "ROxf Hard"),
+                  ("rparis6k", "medium", "RPar Medium"), ("rparis6k", "hard", "RPar Hard"))
+
+
+def retrieval_table(results: list[dict]) -> list[str]:
+    """HNDesc's image-retrieval table: one row per method (local conf re-ranking a global shortlist,
+    or the global ranking alone), mAP (%) of ROxford5k / RParis6k Medium and Hard."""
+    rows: dict[str, dict] = {}
+    for r in results:
+        if "map" not in r or r.get("dataset") not in {d for d, _, _ in RETRIEVAL_COLS}:
+            raise BenchmarkError("A --retrieval file is not a benchmarks.image_retrieval result "
+                                 f"(dataset {r.get('dataset')!r}, keys {sorted(r)[:6]}).")
+        glob = Path(str(r.get("global") or "?")).stem
+        if r.get("reranked", True):
+            method = f"{r.get('method') or r.get('conf')}"
+            if r.get("matcher") not in (None, "NN-mutual"):
+                method += f" / {r['matcher']}"
+            method += f" (top {r.get('num_rerank', 100)} of {glob})"
+        else:
+            method = f"{glob} (global only)"
+        rows.setdefault(method, {})[r["dataset"]] = r["map"]
+    if not rows:
+        return []
+    body = [[m, *(_f(v.get(d, {}).get(s)) for d, s, _ in RETRIEVAL_COLS)] for m, v in rows.items()]
+    return (["### HNDesc — image retrieval, revisited Oxford and Paris (ours; mAP %, shortlist re-ranked by "
+             "RANSAC inliers)", ""]
+            + _table(["Method", *(c for _, _, c in RETRIEVAL_COLS)], body))
+
+
 def paper_tables(figs: dict) -> list[str]:
     """Published numbers, each table titled with its source."""
     out = []
@@ -215,7 +245,7 @@ def paper_tables(figs: dict) -> list[str]:
 
 
 def build_report(hpatches=(), localization=(), tokyo=(), aachen_server=None, inloc_server=None,
-                 paper_figures=None) -> str:
+                 paper_figures=None, retrieval=()) -> str:
     hp = {}
     for p in hpatches:
         for m, r in load_json(p).items():
@@ -238,6 +268,7 @@ def build_report(hpatches=(), localization=(), tokyo=(), aachen_server=None, inl
     lines += residual_table3(locs)
     lines += offline_localization(locs)
     lines += tokyo_table(toks)
+    lines += retrieval_table([load_json(p) for p in retrieval])
     if paper_figures:
         import yaml
 
@@ -268,6 +299,8 @@ def main(argv=None):
     parser.add_argument("--hpatches", type=Path, nargs="*", default=[], help="benchmarks.hpatches JSON(s)")
     parser.add_argument("--localization", type=Path, nargs="*", default=[], help="benchmarks.localization_gt JSON(s)")
     parser.add_argument("--tokyo", type=Path, nargs="*", default=[], help="benchmarks.tokyo247 JSON(s)")
+    parser.add_argument("--retrieval", type=Path, nargs="*", default=[],
+                        help="benchmarks.image_retrieval JSON(s) (ROxford5k / RParis6k)")
     parser.add_argument("--aachen_server", help="file or pasted text: `method: day a/b/c night d/e/f` lines")
     parser.add_argument("--inloc_server", help="file or pasted text: `method: DUC1 a/b/c DUC2 d/e/f` lines")
     parser.add_argument("--paper_figures", type=Path, help="YAML of published numbers (own tables)")
@@ -275,7 +308,7 @@ def main(argv=None):
     parser.add_argument("--readme", type=Path, help="replace the results block of this README")
     args = parser.parse_args(argv)
     body = build_report(args.hpatches, args.localization, args.tokyo, args.aachen_server, args.inloc_server,
-                        args.paper_figures)
+                        args.paper_figures, args.retrieval)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(body)

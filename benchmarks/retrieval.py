@@ -3,7 +3,10 @@ failure modes of an offline machine turned into clear errors:
 - torchvision cannot be imported (hloc's NetVLAD builds a VGG16 from it);
 - the NetVLAD weights are not cached and cannot be downloaded (URLError at construction);
 - any other global extractor that fails to load.
-Each message says what is missing, how to get it, and that --pairs FILE skips retrieval."""
+Each message says what is missing, how to get it, and that --pairs FILE skips retrieval.
+When hloc's NetVLAD cannot be imported (no usable torchvision), the runners' default `netvlad`
+falls back to our `hf_netvlad` (hndesc_features/models/netvlad.py: the same weights file and
+descriptors, plain torch); the log says which one runs."""
 from __future__ import annotations
 
 import importlib
@@ -17,6 +20,56 @@ from .common import (BenchmarkError, extract, logger, require_hloc, resolve_feat
 PAIRS_HINT = ("or pass --pairs FILE with precomputed retrieval pairs (one `query db` pair per line; "
               "hloc ships NetVLAD pairs for Aachen v1.1 and InLoc in its pairs/ folder)")
 NEEDS_TORCHVISION = ("netvlad", "openibl", "megaloc")
+#: our NetVLAD conf (no torchvision), the fallback of hloc's `netvlad`
+OURS_NETVLAD = "hf_netvlad"
+
+
+def hloc_netvlad_import_error() -> Optional[str]:
+    """None when hloc's NetVLAD module imports, else why not (e.g. torchvision missing)."""
+    try:
+        importlib.import_module("hloc.extractors.netvlad")
+    except Exception as e:  # ImportError, or a torchvision build that fails at import
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def select_retrieval(name: str) -> str:
+    """The global conf the runners use for --retrieval `name`: hloc's `netvlad` when its module
+    imports, else our `hf_netvlad` (same weights file, same descriptors, no torchvision)."""
+    if name != "netvlad":
+        return name
+    why = hloc_netvlad_import_error()
+    if why is None:
+        logger.info("Retrieval: hloc's NetVLAD (conf netvlad).")
+        return name
+    logger.info(f"Retrieval: hloc's NetVLAD cannot be imported ({why}; it builds its VGG16 with torchvision), "
+                f"using our NetVLAD conf '{OURS_NETVLAD}' (same weights file and descriptors, plain torch).")
+    return OURS_NETVLAD
+
+
+def _check_our_netvlad(conf: dict) -> None:
+    """hf_netvlad: its weights file exists (conf model.weights, else hloc's cache, downloaded there)."""
+    from hndesc_features.models.netvlad import CHECKPOINT_URLS, default_weights_path, missing_weights_message
+
+    m = conf["model"]
+    model_name = m.get("model_name", "VGG16-NetVLAD-Pitts30K")
+    if m.get("weights"):
+        path = Path(m["weights"]).expanduser()
+        if not path.is_file():
+            raise BenchmarkError(f"{missing_weights_message(path, model_name)} Or {PAIRS_HINT}.")
+        return
+    if model_name not in CHECKPOINT_URLS:
+        raise BenchmarkError(f"Unknown NetVLAD model '{model_name}'; one of {sorted(CHECKPOINT_URLS)}.")
+    path = default_weights_path(model_name)
+    if not path.exists():
+        from .download import download_file
+
+        try:
+            download_file(CHECKPOINT_URLS[model_name], path,
+                          manual_hint=f" (hloc's cache torch.hub.get_dir()/netvlad/, where {OURS_NETVLAD} "
+                                      f"looks too, or set model.weights in the conf); {PAIRS_HINT}")
+        except BenchmarkError as e:
+            raise BenchmarkError(f"The NetVLAD weights {model_name}.mat are not cached. {e}") from None
 
 
 def _torch_version() -> str:
@@ -30,8 +83,10 @@ def _torch_version() -> str:
 
 def check_global_model(conf: dict) -> None:
     """Raise BenchmarkError naming what is missing for this global (retrieval) conf."""
-    require_hloc("retrieval")
     name = conf["model"]["name"]
+    if name == OURS_NETVLAD:  # needs neither hloc nor torchvision
+        return _check_our_netvlad(conf)
+    require_hloc("retrieval")
     if name in NEEDS_TORCHVISION:
         try:
             import torchvision  # noqa: F401
@@ -91,6 +146,15 @@ def retrieval_pairs(retrieval: str, image_dir: Path, names: Sequence[str], globa
     check_global_model(conf)
     extract(conf, image_dir, global_path, names, as_half=False, overwrite=overwrite)
     kw = {"db_model": Path(db_model)} if db_model is not None else {"db_list": list(db_names or [])}
+    if db_model is not None:
+        import pycolmap
+
+        num_db = len(pycolmap.Reconstruction(str(db_model)).images)
+    else:
+        num_db = len(set(db_names or []))
+    if 0 < num_db < num_matched:  # hloc's top-k fails when k exceeds the database
+        logger.info(f"Retrieval: top-{num_matched} of {num_db} database images = all of them.")
+        num_matched = num_db
     pairs_from_retrieval.main(Path(global_path), output, num_matched, query_list=list(query_names), **kw)
     return output
 
@@ -101,6 +165,7 @@ def prepare_run(args, find_layout: Callable[[Path], dict]) -> tuple[dict, dict, 
     and matcher confs, create --outputs. Returns (layout, conf, matcher conf, outputs, tag)."""
     lay = find_layout(Path(args.dataset))
     if not args.pairs:  # fail now, not after hours of extraction, if retrieval cannot run
+        args.retrieval = select_retrieval(args.retrieval)  # hloc's netvlad, else our hf_netvlad
         check_global_model(resolve_feature_conf(args.retrieval))
     conf = resolve_feature_conf(args.conf)
     mconf = resolve_matcher_conf(args.matcher)

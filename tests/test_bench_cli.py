@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNNERS = ["hpatches", "make_dev_hpatches", "localization_gt", "aachen_v1_1", "inloc", "tokyo247", "report", "speed"]
+RUNNERS = ["hpatches", "make_dev_hpatches", "localization_gt", "aachen_v1_1", "inloc", "tokyo247", "report", "speed",
+           "image_retrieval"]
 
 
 @pytest.mark.parametrize("name", RUNNERS)

@@ -116,17 +116,26 @@ def test_aachen_runner_end_to_end_with_pairs(aachen, conf, tmp_path):
     assert Path(summary2["submission_file"]).read_text() == sub.read_text()
 
 
+def _offline_no_torchvision_env(tmp_path, torch_home):
+    """torchvision made unimportable (as on our CPU stacks), proxies to a closed port (no network)."""
+    block = tmp_path / "block" / "torchvision"
+    block.mkdir(parents=True, exist_ok=True)
+    (block / "__init__.py").write_text("raise ImportError('torchvision is blocked in this test')\n")
+    dead = "http://127.0.0.1:9"
+    return {"PYTHONPATH": os.pathsep.join([str(tmp_path / "block"), os.environ.get("PYTHONPATH", "")]),
+            "TORCH_HOME": str(torch_home), "https_proxy": dead, "http_proxy": dead, "HTTPS_PROXY": dead,
+            "HTTP_PROXY": dead}
+
+
 def test_aachen_offline_retrieval_and_missing_parts_are_clear_errors(aachen, conf, tmp_path):
-    try:
-        import torchvision  # noqa: F401
-        has_tv = True
-    except Exception:
-        has_tv = False
-    if not has_tv:
-        p = _cli("benchmarks.aachen_v1_1", "--dataset", aachen["dataset"], "--outputs", tmp_path / "o",
-                 "--conf", conf)
-        assert p.returncode == 2, p.stderr[-2000:]
-        assert "torchvision" in p.stderr and "--pairs" in p.stderr and "Traceback" not in p.stderr
+    # no torchvision: the runner falls back to our hf_netvlad, whose weights are not cached and cannot
+    # be downloaded: one message naming the fallback, where to put the weights, and --pairs
+    p = _cli("benchmarks.aachen_v1_1", "--dataset", aachen["dataset"], "--outputs", tmp_path / "o",
+             "--conf", conf, env=_offline_no_torchvision_env(tmp_path, tmp_path / "th"))
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "torchvision" in p.stderr and "hf_netvlad" in p.stderr and "--pairs" in p.stderr
+    assert "NetVLAD weights" in p.stderr and "Could not download" in p.stderr and "Traceback" not in p.stderr
+    assert str(tmp_path / "th" / "hub" / "netvlad" / "VGG16-NetVLAD-Pitts30K.mat") in p.stderr
     # a dataset without its SIFT model and queries
     bad = tmp_path / "bad"
     (bad / "images_upright" / "db").mkdir(parents=True)
@@ -151,6 +160,30 @@ def test_netvlad_weights_missing_offline_is_a_clear_error(aachen, conf, tmp_path
     assert p.returncode == 2, p.stderr[-2000:]
     assert "NetVLAD weights" in p.stderr and "Could not download" in p.stderr and "--pairs" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_aachen_without_torchvision_retrieves_with_our_netvlad(aachen, conf, tmp_path):
+    """No torchvision, NetVLAD weights in hloc's cache (a random struct file in the released layout):
+    retrieval runs with our hf_netvlad and the queries are localized."""
+    from hndesc_features.models.netvlad import write_random_struct
+
+    write_random_struct(tmp_path / "th" / "hub" / "netvlad" / "VGG16-NetVLAD-Pitts30K.mat", whiten_dim=64)
+    out = tmp_path / "out"
+    p = _cli("benchmarks.aachen_v1_1", "--dataset", aachen["dataset"], "--outputs", out, "--conf", conf,
+             "--gt", aachen["gt"], env=_offline_no_torchvision_env(tmp_path, tmp_path / "th"), timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "using our NetVLAD conf 'hf_netvlad'" in p.stderr
+    summary = json.loads(next(out.glob("summary_*.json")).read_text())
+    assert summary["retrieval"] == "hf_netvlad" and Path(summary["pairs"]).name == "pairs-query-hf_netvlad50.txt"
+    pairs = [l.split() for l in Path(summary["pairs"]).read_text().splitlines()]
+    queries = {q for q, _ in pairs}
+    assert len(queries) == 3 and len(pairs) == 3 * 5  # top-50 of the 5 map images
+    import h5py
+
+    with h5py.File(out / "global-feats-hf_netvlad.h5", "r") as f:
+        assert all(f[q]["global_descriptor"].shape == (64,) for q in queries)
+    assert len(Path(summary["submission_file"]).read_text().splitlines()) == 3
+    assert summary["local_evaluation"]["day"]["recall"][2] >= 50.0
 
 
 def test_inloc_runner_end_to_end_with_pairs(conf, tmp_path):

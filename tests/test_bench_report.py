@@ -100,3 +100,24 @@ def test_shipped_paper_figures_template_is_valid():
         assert {"title", "source", "columns", "rows"} <= set(spec), key
         for method, vals in (spec["rows"] or {}).items():
             assert len(vals) == len(spec["columns"]), (key, method)
+
+
+def _retrieval_json(path: Path, dataset: str, conf, medium: float, hard: float, reranked: bool = True):
+    write_json(path, {"dataset": dataset, "conf": conf, "method": conf, "matcher": "NN-mutual" if conf else None,
+                      "global": "hf_netvlad", "num_rerank": 100, "reranked": reranked,
+                      "map": {"easy": 90.0, "medium": medium, "hard": hard},
+                      "mp": {"easy": [1, 2, 3], "medium": [1, 2, 3], "hard": [1, 2, 3]}})
+    return path
+
+
+def test_retrieval_table(tmp_path):
+    files = [_retrieval_json(tmp_path / "a.json", "roxford5k", "hndesc", 61.23, 38.04),
+             _retrieval_json(tmp_path / "b.json", "rparis6k", "hndesc", 75.5, 52.25),
+             _retrieval_json(tmp_path / "c.json", "roxford5k", None, 40.0, 12.0, reranked=False)]
+    body = report.main(list(map(str, ["--retrieval", *files, "--output", tmp_path / "R.md"])))
+    assert "| Method | ROxf Medium | ROxf Hard | RPar Medium | RPar Hard |" in body
+    assert "| hndesc (top 100 of hf_netvlad) | 61.2 | 38.0 | 75.5 | 52.2 |" in body
+    assert "| hf_netvlad (global only) | 40.0 | 12.0 | – | – |" in body
+    (tmp_path / "bad.json").write_text(json.dumps({"recall": [1, 2, 3]}))
+    with pytest.raises(BenchmarkError, match="image_retrieval"):
+        report.main(list(map(str, ["--retrieval", tmp_path / "bad.json"])))
