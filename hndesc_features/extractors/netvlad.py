@@ -6,6 +6,7 @@ conf `weights` (a path) or hloc's cache torch.hub.get_dir()/netvlad/<model_name>
 downloaded unless `download: true`.
 """
 from hndesc_features.base_model import BaseModel
+from hndesc_features.config import check_keys
 from hndesc_features.models.netvlad import NetVLAD as NetVLADNet
 
 
@@ -14,6 +15,7 @@ class NetVLAD(BaseModel):
     required_inputs = ["image"]
 
     def _init(self, conf):
+        check_keys(conf, [*self.default_conf, "name"], "hf_netvlad")  # a misspelt key is an error
         self.net = NetVLADNet.from_conf(conf)
 
     def _forward(self, data):
