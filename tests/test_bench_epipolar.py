@@ -27,7 +27,7 @@ def _camera(scene: str, i: int):
 def real_matches():
     """RootSIFT mutual-NN matches of fountain-P11 views 0 and 1 at 1024 px, with their GT geometry."""
     from hndesc_features.handcrafted import detect_sift
-    from hndesc_features.training.validation import mutual_nn
+    from hndesc_features.geometry import mutual_nn
 
     imgs = []
     for i in (0, 1):

@@ -65,16 +65,12 @@ class StylizationWarning(UserWarning):
 
 # ------------------------------------------------------------------------------ helpers
 def read_rgb(path) -> np.ndarray:
-    """Image file → H×W×3 uint8 RGB (grayscale files are returned as H×W)."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    """Image file → H×W×3 uint8 RGB (the package's one reader, via datasets.base.read_image)."""
+    from .datasets.base import read_image
+
+    img = read_image(path, warn=False)
     if img is None:
         raise OSError(f"cannot read image {path}")
-    if img.dtype != np.uint8:
-        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[..., :3]
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return img
 
 

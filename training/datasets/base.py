@@ -7,7 +7,6 @@ worker scheduling.
 """
 from __future__ import annotations
 
-import copy
 import os
 import logging
 import warnings
@@ -30,21 +29,19 @@ class CorruptImageWarning(UserWarning):
 
 
 def read_image(path, grayscale: bool = False, warn: bool = True) -> Optional[np.ndarray]:
-    """H×W×3 RGB (or H×W gray) uint8, hloc's reading (EXIF orientation ignored); None if unreadable."""
-    path = Path(path)
-    flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
-    img = None
+    """H×W×3 RGB (or H×W gray) uint8 read by the package's one image reader (hloc's pixels,
+    EXIF orientation ignored: ``hndesc_features.io.read_image``); None (and a warning) if unreadable."""
+    from hndesc_features.io import ImageReadError
+    from hndesc_features.io import read_image as _read
+
     try:
-        img = cv2.imread(str(path), flag | cv2.IMREAD_IGNORE_ORIENTATION)
-    except cv2.error:
-        img = None
-    if img is None or img.size == 0:
+        img = _read(Path(path), grayscale)
+    except ImageReadError as e:
         if warn:
-            reason = "missing" if not path.exists() else "cannot be decoded"
-            warnings.warn(f"Skipping image {path}: file {reason}", CorruptImageWarning, stacklevel=2)
+            warnings.warn(f"Skipping image: {e}", CorruptImageWarning, stacklevel=2)
         return None
-    if not grayscale:
-        img = img[:, :, ::-1]
+    if img.dtype != np.uint8:  # 16-bit files: to 8 bits as OpenCV's 8-bit decode does
+        img = (img / 257.0).round().clip(0, 255).astype(np.uint8) if img.dtype == np.uint16 else img.astype(np.uint8)
     return np.ascontiguousarray(img)
 
 

@@ -27,7 +27,7 @@ import torch
 
 from hndesc_features.patches import extract_patches
 
-from .base import BaseDataset
+from .base import BaseDataset, read_image
 from .dev_images import IMAGE_EXTS, shared_data_dir, train_images
 
 logger = logging.getLogger("hndesc_features.training")
@@ -130,7 +130,7 @@ def dev_groups(split: str = "train", val_every: int = 0, tiles: int = 1) -> list
 
 # ----------------------------------------------------------------------------- images
 def read_gray(path: str | Path, resize_max: int | None = None) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
+    img = read_image(path, grayscale=True, warn=False)
     if img is None:
         raise OSError(f"cannot read image '{path}'")
     if resize_max and max(img.shape) > resize_max:
