@@ -115,7 +115,7 @@ def frame_probe(describe, pairs: list, jitters=JITTERS, max_keypoints: int = 102
     """``gt_nn@σ``: NN accuracy of the descriptor given exact view-1 frames (orientation ± N(0, σ°))."""
     from hndesc_features.training.geometry.homography import transfer_frames
     from hndesc_features.handcrafted import cv2_gray, dog_frames
-    from hndesc_features.training.pipelines.hndesc import _in_valid
+    from hndesc_features.training.pipelines.hndesc import in_valid
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -124,7 +124,7 @@ def frame_probe(describe, pairs: list, jitters=JITTERS, max_keypoints: int = 102
         for p in pairs:
             f0 = dog_frames(cv2_gray(p["view0"]), max_keypoints, 0.005, unique=True).astype(np.float64)
             f1 = transfer_frames(f0, np.asarray(p["H_0to1"], np.float64))
-            ok = _in_valid(f1, None, tuple(p["view1"].shape[-2:]))
+            ok = in_valid(f1, None, tuple(p["view1"].shape[-2:]))
             f0, f1 = f0[ok], f1[ok].copy()
             if len(f0) == 0:
                 continue

@@ -183,7 +183,7 @@ def view1_frames(true1: np.ndarray, detected1: np.ndarray, fconf: dict,
     return out.astype(np.float32), matched
 
 
-def _in_valid(points: np.ndarray, valid, hw) -> np.ndarray:
+def in_valid(points: np.ndarray, valid, hw) -> np.ndarray:
     """Points (N×2, or frames N×4) whose rounded position lies inside the view and on a valid
     (in-image) pixel; valid None: every pixel."""
     h, w = hw
@@ -196,7 +196,7 @@ def _in_valid(points: np.ndarray, valid, hw) -> np.ndarray:
 
 def _visible(p0: np.ndarray, p1: np.ndarray, valid0, valid1, hw) -> np.ndarray:
     """Points whose rounded positions lie inside both views and on valid (in-image) pixels."""
-    return _in_valid(p0, valid0, hw) & _in_valid(p1, valid1, hw)
+    return in_valid(p0, valid0, hw) & in_valid(p1, valid1, hw)
 
 
 def _keypoints(view0: torch.Tensor, H: np.ndarray, valid0, valid1, kconf: dict,
@@ -254,7 +254,7 @@ def mutual_sets(view0: torch.Tensor, view1: torch.Tensor, H: np.ndarray, valid0,
     f = []
     for view, valid in ((view0, valid0), (view1, valid1)):
         fr = dog_frames(cv2_gray(view), 4 * n, contrast_threshold, unique=True).astype(np.float64)
-        f.append(fr[_in_valid(fr, valid, hw)][:n])
+        f.append(fr[in_valid(fr, valid, hw)][:n])
     f0, f1 = f
     out = {"matches": -np.ones(n, np.int64), "near": np.zeros((n, n), bool)}
     m, near = frame_correspondences(f0, f1, H, mconf)
