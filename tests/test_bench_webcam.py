@@ -125,3 +125,10 @@ def test_clean_errors(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr and "does not exist" in p.stderr
     p = run_cli("--conf", "no_such_conf", "--data", str(tmp_path / "empty"), "--output", str(tmp_path / "r.json"))
     assert p.returncode == 2 and "Unknown feature conf 'no_such_conf'" in p.stderr
+
+
+def test_help_states_the_split(capsys):
+    with pytest.raises(SystemExit) as e:
+        W.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "`chamonix` is the dev benchmark scene" in out and "training scenes" in out
