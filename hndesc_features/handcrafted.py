@@ -32,7 +32,7 @@ def sift_to_rootsift(desc: np.ndarray) -> np.ndarray:
 
 def _kp_arrays(kps) -> dict:
     n = len(kps)
-    pts = cv2.KeyPoint_convert(kps) if n else None
+    pts = cv2.KeyPoint_convert(kps) if n else np.zeros((0, 2), np.float32)
     return {
         "keypoints": np.asarray(pts, np.float32).reshape(n, 2),
         "scores": np.array([k.response for k in kps], np.float32).reshape(n),

@@ -75,6 +75,14 @@ def test_detect_sift_single_pyramid_is_exact(photos, root, upright, k):
             np.testing.assert_array_equal(out[key], ref[key], err_msg=key)
 
 
+@pytest.mark.parametrize("upright,compute", [(False, True), (True, True), (False, False)])
+def test_detect_sift_without_keypoints(upright, compute):
+    out = detect_sift(np.full((256, 256), 3, np.uint8), 100, 0.005, upright=upright, compute=compute)
+    assert out["keypoints"].shape == (0, 2) and out["scores"].shape == out["scales"].shape == (0,)
+    if compute:
+        assert out["descriptors"].shape == (0, 128)
+
+
 def test_context_descriptors_are_unchanged(photos):
     gray = to_gray_u8(photos[0])
     det = detect_sift(gray, 4096, 0.005, root=False)
