@@ -110,3 +110,21 @@ def test_extract_matches_training_forward(photos):
                        "context": torch.from_numpy(ctx)[None]})[0]
         assert out["descriptors"].shape == ref.shape == (len(det["keypoints"]), 256)
         torch.testing.assert_close(out["descriptors"], ref, atol=2e-6, rtol=0)
+
+
+def test_cnn_scale_inference_override():
+    from hndesc_features.extractors import load_model
+
+    if not (WEIGHTS_DIR / "residual_sift.pt").exists():
+        pytest.skip("residual_sift.pt not shipped")
+    assert load_model({"name": "hf_residual", "descriptor": "sift"}).net.pool == 2  # as trained
+    m = load_model({"name": "hf_residual", "descriptor": "sift", "cnn_scale": 0.25, "max_keypoints": 300})
+    assert m.net.pool == 4
+    x = torch.from_numpy(photo_1024("coffee.png")).permute(2, 0, 1)[None].float() / 255.0
+    out = m({"image": x})
+    ref = load_model({"name": "hf_residual", "descriptor": "sift", "max_keypoints": 300})({"image": x})
+    torch.testing.assert_close(out["keypoints"], ref["keypoints"])
+    cos = (out["descriptors"] * ref["descriptors"]).sum(1)
+    assert 0.95 < cos.min() and (1 - cos).max() > 1e-4  # same g / g_ctx, a slightly different CNN term
+    with pytest.raises(ValueError, match="cnn_scale"):
+        load_model({"name": "hf_residual", "descriptor": "sift", "cnn_scale": 0.3})
