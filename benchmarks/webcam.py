@@ -257,12 +257,14 @@ def plot_mma(results: dict, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     groups = sorted({k for r in results.values() for k in r["summary"]["scenes"]})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups) + 3, 4.2), sharey=True, squeeze=False)
+    colors = plt.get_cmap("tab10" if len(results) <= 10 else "tab20").colors
     for ax, sc in zip(axes[0], groups):
-        for name, r in results.items():
+        for k, (name, r) in enumerate(results.items()):
             s = r["summary"]["scenes"].get(sc)
             if s is not None:
-                ax.plot(THRESHOLDS, s["mma"], linewidth=2, label=name)
+                ax.plot(THRESHOLDS, s["mma"], linewidth=2, label=Path(name).stem if name.endswith(".yaml") else name,
+                        color=colors[k % len(colors)], linestyle=("-", "--", ":")[k // len(colors) % 3])
         ax.set_title(f"{sc} ({scene_split(sc)})")
         ax.set_xlabel("threshold [px]")
         ax.set_xlim(1, 10)
@@ -270,7 +272,7 @@ def plot_mma(results: dict, path: Path, title: str) -> Path:
         ax.set_xticks(list(THRESHOLDS))
         ax.grid(True)
     axes[0][0].set_ylabel("MMA")
-    axes[0][0].legend()
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
