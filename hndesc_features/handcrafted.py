@@ -33,8 +33,9 @@ def sift_to_rootsift(desc: np.ndarray) -> np.ndarray:
 
 def _kp_arrays(kps) -> dict:
     n = len(kps)
+    pts = cv2.KeyPoint_convert(kps) if n else np.zeros((0, 2), np.float32)
     return {
-        "keypoints": np.array([k.pt for k in kps], np.float32).reshape(n, 2),
+        "keypoints": np.asarray(pts, np.float32).reshape(n, 2),
         "scores": np.array([k.response for k in kps], np.float32).reshape(n),
         "scales": np.array([k.size for k in kps], np.float32).reshape(n),
         "oris": np.array([k.angle for k in kps], np.float32).reshape(n),
@@ -47,26 +48,48 @@ def keypoint_frames(feats: dict) -> np.ndarray:
 
 
 def _top_k(kps, max_keypoints: int):
-    kps = sorted(kps, key=lambda k: -k.response)
+    """Keypoints by decreasing response, ties in OpenCV's detection order (x, y ascending, size
+    descending, angle ascending: the order of cv2's removeDuplicatedSorted), first `max_keypoints`."""
+    if not kps:
+        return []
+    n = len(kps)
+    resp = np.fromiter((k.response for k in kps), np.float64, n)
+    size = np.fromiter((k.size for k in kps), np.float64, n)
+    ang = np.fromiter((k.angle for k in kps), np.float64, n)
+    pts = cv2.KeyPoint_convert(kps).astype(np.float64)
+    order = np.lexsort((ang, -size, pts[:, 1], pts[:, 0], -resp))
     if max_keypoints is not None and max_keypoints > 0:
-        kps = kps[:max_keypoints]
-    return kps
+        order = order[:max_keypoints]
+    return [kps[i] for i in order], order
 
 
 def detect_sift(gray: np.ndarray, max_keypoints: int = 4096, contrast_threshold: float = 0.005,
                 root: bool = True, upright: bool = False, n_octave_layers: int = 3,
-                edge_threshold: float = 10.0, sigma: float = 1.6, compute: bool = True) -> dict:
+                edge_threshold: float = 10.0, sigma: float = 1.6, compute: bool = True,
+                return_cv: bool = False) -> dict:
     """DoG keypoints + SIFT/RootSIFT descriptors, top `max_keypoints` by DoG response.
 
     upright: every keypoint gets orientation 0; keypoints that only differed by orientation
     are merged (the strongest is kept) before the top-k selection.
     compute: False returns the detections only (keypoints, scores, scales, oris).
+    return_cv: also return the selected cv2.KeyPoint list under ``cv_keypoints``.
+
+    Non-upright descriptors come from one ``detectAndCompute`` call (one Gaussian pyramid, OpenCV
+    keeps the `max_keypoints` best responses and their ties before describing): the keypoints,
+    their order and the descriptors are bit-identical to ``detect`` + top-k + ``compute``, which
+    builds the pyramid twice (tests/test_residual.py::test_detect_sift_single_pyramid_is_exact).
     """
     gray = to_gray_u8(gray)
-    sift = cv2.SIFT_create(nfeatures=0, nOctaveLayers=n_octave_layers,
-                           contrastThreshold=contrast_threshold, edgeThreshold=edge_threshold,
-                           sigma=sigma)
-    kps = sift.detect(gray, None)
+    single = compute and not upright
+    sift = cv2.SIFT_create(nfeatures=max(int(max_keypoints or 0), 0) if single else 0,
+                           nOctaveLayers=n_octave_layers, contrastThreshold=contrast_threshold,
+                           edgeThreshold=edge_threshold, sigma=sigma)
+    desc = None
+    if single:
+        kps, desc = sift.detectAndCompute(gray, None)
+        kps = list(kps)
+    else:
+        kps = list(sift.detect(gray, None))
     if upright:
         best = {}
         for k in kps:
@@ -76,15 +99,22 @@ def detect_sift(gray: np.ndarray, max_keypoints: int = 4096, contrast_threshold:
         kps = list(best.values())
         for k in kps:
             k.angle = 0.0
-    kps = _top_k(kps, max_keypoints)
-    if not compute:  # detection only (no `descriptors` entry)
-        return _kp_arrays(kps)
-    desc = None
     if kps:
+        kps, order = _top_k(kps, max_keypoints)
+        if desc is not None:
+            desc = desc[order]
+    if not compute:  # detection only (no `descriptors` entry)
+        out = _kp_arrays(kps)
+        if return_cv:
+            out["cv_keypoints"] = kps
+        return out
+    if kps and desc is None:
         kps, desc = sift.compute(gray, kps)
     if desc is None or len(kps) == 0:
         out = _kp_arrays([])
         out["descriptors"] = np.zeros((0, 128), np.float32)
+        if return_cv:
+            out["cv_keypoints"] = []
         return out
     out = _kp_arrays(kps)
     desc = desc.astype(np.float32)
@@ -93,6 +123,8 @@ def detect_sift(gray: np.ndarray, max_keypoints: int = 4096, contrast_threshold:
     else:
         desc = desc / (np.linalg.norm(desc, axis=-1, keepdims=True) + EPS)
     out["descriptors"] = desc.astype(np.float32)
+    if return_cv:
+        out["cv_keypoints"] = list(kps)
     return out
 
 

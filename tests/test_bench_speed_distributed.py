@@ -34,7 +34,8 @@ def test_speed_tiny_run(tmp_path):
         pytest.skip("no held-out photo available")
     out = tmp_path / "speed.json"
     res = speed.main(["--conf", conf, "--sizes", "200", "--devices", "cpu,cuda", "--iters", "1",
-                      "--warmup", "0", "--threads", "1", "--image", str(srcs[0]), "--output", str(out)])
+                      "--warmup", "0", "--threads", "1", "--image", str(srcs[0]), "--output", str(out),
+                      "--rounds", "2"])
     data = json.loads(out.read_text())
     rows = {(r["conf"], r["device"], r["size"]): r for r in data["results"]}
     assert ("opencv-sift", "cpu", 200) in rows and (conf, "cpu", 200) in rows
@@ -43,9 +44,14 @@ def test_speed_tiny_run(tmp_path):
         assert r["images_per_s"] > 0 and r["peak_rss_mib"] > 0 and r["threads"] == 1
         assert max(r["image_size"]) == r["size"]
         assert r["speed_vs_sift"] == pytest.approx(r["images_per_s"] / rows[("opencv-sift", "cpu", r["size"])]["images_per_s"])
+        assert r["cpu_ms_per_image"] > 0
+    # times relative to the reference conf (rootsift): 1 for itself
+    assert data["reference"] == conf and data["rounds"] == 2 and len(data["results"]) == len(rows)
+    assert rows[(conf, "cpu", 200)]["time_vs_ref"] == rows[(conf, "cpu", 200)]["cpu_time_vs_ref"] == 1.0
     if not data["machine"]["cuda"]:
         assert not any(r["device"] == "cuda" for r in data["results"])
-    assert "×SIFT" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert "×SIFT" in md and f"CPU time ×{conf}" in md and "best of 2 interleaved rounds" in md
 
 
 def _free_port() -> int:

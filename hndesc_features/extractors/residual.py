@@ -20,6 +20,10 @@ class Residual(BaseModel):
         "max_keypoints": 4096,  # top-k by detector response; -1 = all
         "contrast_threshold": 0.005,  # SIFT DoG threshold (OpenCV units)
         "hessian_threshold": 30.0,  # SURF
+        # inference-only speed/quality trade-off: the CNN reads the image pooled by 1/cnn_scale
+        # (None: the value the weights were trained with; 0.25 instead of 0.5 ≈ -5 % CPU time, see
+        # NOTES_speed.md / benchmarks/results/residual_tradeoff.md)
+        "cnn_scale": None,
     }
     required_inputs = ["image"]
     detection_noise = 1.0
@@ -27,6 +31,8 @@ class Residual(BaseModel):
     def _init(self, conf):
         check_keys(conf, [*self.default_conf, "name"], "hf_residual")  # a misspelt key is an error
         override = {k: conf[k] for k in ("max_keypoints", "contrast_threshold", "hessian_threshold")}
+        if conf.get("cnn_scale") is not None:
+            override["cnn_scale"] = float(conf["cnn_scale"])
         self.net, path = registry.load_model(conf["weights"], "residual", f"residual_{conf['descriptor']}", override)
         if self.net.conf["descriptor"] != conf["descriptor"]:
             raise ValueError(f"hf_residual: '{path}' was trained on '{self.net.conf['descriptor']}' "

@@ -83,9 +83,10 @@ def context_descriptors(gray_u8: np.ndarray, det: dict, descriptor: str, scale: 
     if family == "sift":
         from hndesc_features.handcrafted import EPS, sift_to_rootsift
 
-        octv = _sift_octave(sizes)
-        kps = [cv2.KeyPoint(float(x), float(y), float(sz), float(a), 0.0, int((o & 255) | (1 << 8)))
-               for (x, y), sz, a, o in zip(det["keypoints"], sizes, det["oris"], octv)]
+        octv = ((_sift_octave(sizes) & 255) | (1 << 8)).tolist()  # octave, layer 1
+        kp = np.asarray(det["keypoints"], np.float64)
+        kps = list(map(cv2.KeyPoint, kp[:, 0].tolist(), kp[:, 1].tolist(), sizes.tolist(),
+                       np.asarray(det["oris"], np.float64).tolist(), [0.0] * n, octv))
         sift = cv2.SIFT_create(contrastThreshold=contrast_threshold)
         out, desc = sift.compute(gray_u8, kps)
         if desc is None or len(out) != n:
@@ -262,6 +263,39 @@ class ResidualDescriptor(nn.Module):
         return d
 
     # ------------------------------------------------------------------ inference
+    # The inference path (extract → describe) computes what forward() computes, cheaper: the CNN
+    # average-pools before normalising the image and runs channels-last, and the frame samples are
+    # mixed without materialising the N×(S·c) matrix. Same weights, same descriptors up to float
+    # rounding (tests/test_residual.py::test_extract_matches_training_forward).
+    def _dense_inference(self, image: torch.Tensor) -> torch.Tensor:
+        x = image
+        if self.pool > 1:  # pooling and the per-channel affine normalisation commute
+            x = F.avg_pool2d(x, self.pool, self.pool, ceil_mode=True)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.head(self.encoder(x))
+
+    def describe(self, image: torch.Tensor, keypoints, scales, oris, handcrafted=None, context=None) -> torch.Tensor:
+        """forward() for inference: 1×C×H×W image, B×N×… detections → B×N×D unit descriptors."""
+        dense = self._dense_inference(image)
+        B, N = keypoints.shape[:2]
+        pts = self.sample_points(keypoints, scales, oris)  # B×N×S×2
+        S, c = pts.shape[2], dense.shape[1]
+        grid = normalize_keypoints(pts, image.shape[-2:], dense.shape[-2:], "centers", STRIDE * self.pool)
+        feat = F.grid_sample(dense, grid, mode="bilinear", padding_mode="border", align_corners=False)  # B×c×N×S
+        h = torch.einsum("bcns,osc->bno", feat, self.mix.weight.view(-1, S, c)) + self.mix.bias
+        if self.uses_context:
+            ctx = context.float() * float(self.conf["context_weight"])
+            h[..., :ctx.shape[-1]] += ctx
+        if not self.conf["use_handcrafted"]:
+            return F.normalize(h, p=2, dim=-1)
+        g = handcrafted.float()
+        f = self.mlp(g * math.sqrt(self.g_dim))
+        if self.conf["skip"]:
+            f[..., :g.shape[-1]] += g
+        return F.normalize(torch.cat([f, h], -1), p=2, dim=-1)
+
     def detect(self, image: torch.Tensor, max_keypoints: Optional[int] = None) -> dict:
         """Handcrafted keypoints + g of one C×H×W image in [0, 1] (numpy dict)."""
         c = self.conf
@@ -284,12 +318,9 @@ class ResidualDescriptor(nn.Module):
         if len(t["keypoints"]) == 0:
             desc = image.new_zeros((0, self.dim))
         else:
-            data = {"image": image, "keypoints": t["keypoints"][None].float(),
-                    "scales": t["scales"][None].float(), "oris": t["oris"][None].float(),
-                    "handcrafted": t["descriptors"][None].float()}
-            if self.uses_context:
-                data["context"] = t["context"][None].float()
-            desc = self(data)[0]
+            desc = self.describe(image, t["keypoints"][None].float(), t["scales"][None].float(),
+                                 t["oris"][None].float(), t["descriptors"][None].float(),
+                                 t["context"][None].float() if self.uses_context else None)[0]
         return {"keypoints": t["keypoints"].float(), "scores": t["scores"].float(),
                 "scales": t["scales"].float(), "oris": t["oris"].float(), "descriptors": desc}
 
