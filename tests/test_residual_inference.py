@@ -12,7 +12,8 @@ import torch
 
 from conftest import skimage_photo
 from hndesc_features.handcrafted import detect_sift, sift_to_rootsift, to_gray_u8
-from hndesc_features.models.checkpoints import WEIGHTS_DIR, load_weights
+from hndesc_features.models.checkpoints import load_weights
+from hndesc_features.weights import PACKAGE_DIR as WEIGHTS_DIR
 from hndesc_features.models.residual import _sift_octave, context_descriptors
 
 torch.set_num_threads(1)
