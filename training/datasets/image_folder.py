@@ -8,7 +8,8 @@ A source is a dict (or a list of dicts, concatenated) with a ``name``:
 - ``coco``: a COCO 2017 folder (``root/{train,val,test}2017/*.jpg``), ``split`` train|val|test;
 - ``megadepth``: the images of MegaDepth as released for CAPS (``root/<split>/<scene>/dense*/aligned/images``);
 - ``phototourism``: the images of Phototourism scenes in the IMC layout;
-- ``list``: explicit ``paths``.
+- ``list``: explicit ``paths``;
+- ``webcam``: static-webcam images (``scenes``, ``split: train|val|all``; see webcam.py).
 
 Unreadable files are detected when first loaded: a ``CorruptImageWarning`` names the file and
 the dataset moves on to the next image.
@@ -106,7 +107,14 @@ def _source_paths(source) -> list[Path]:
         return phototourism_images(source["root"], source.get("scenes"))
     if name == "list":
         return [expand(p) for p in source["paths"]]
-    raise ValueError(f"Unknown image source '{name}' (dev_images, folder, coco, megadepth, phototourism, list)")
+    if name == "webcam":  # static webcams (webcam.py): chamonix, the dev benchmark scene, is refused
+        from .webcam import DEFAULT_ROOT, TRAIN_SCENES, webcam_images
+
+        return webcam_images(source.get("root", DEFAULT_ROOT), source.get("scenes", TRAIN_SCENES),
+                             source.get("split", "train"), int(source.get("val_every", 5)),
+                             int(source.get("val_offset", 2)))
+    raise ValueError(f"Unknown image source '{name}' (dev_images, folder, coco, megadepth, phototourism, list, "
+                     "webcam)")
 
 
 class ImageLoader:
