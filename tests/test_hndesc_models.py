@@ -220,11 +220,13 @@ def test_feature_confs_present():
     from hndesc_features.confs import feature_confs
 
     confs = feature_confs()
-    for name, backbone in [("hndesc", "patch"), ("hndesc_small", "small"), ("hndesc_caps", "caps"),
+    for name, backbone in [("hndesc_patch", "patch"), ("hndesc_small", "small"), ("hndesc_caps", "caps"),
                            ("hndesc_r2d2", "r2d2")]:
         assert confs[name]["model"]["name"] == "hf_hndesc"
         assert confs[name]["model"]["backbone"] == backbone
         assert confs[name]["preprocessing"]["grayscale"] is False
+    # `hndesc` is the HNDesc recipe on the residual RootSIFT backbone (tests/test_hndesc_webcam.py)
+    assert confs["hndesc"]["model"]["name"] == "hf_residual"
 
 
 def test_extractor_loads_trainer_export(tmp_path):

@@ -62,6 +62,15 @@ def write_global_descriptors(paths, model, output: Path, size: int = 384) -> Pat
     return output
 
 
+def parse_sources(text: str) -> list[dict]:
+    """``dev_images:train,webcam:train,folder:~/photos`` → image source dicts (datasets.image_folder)."""
+    out = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        name, _, arg = item.partition(":")
+        out.append({"name": "folder", "root": arg} if name == "folder" else {"name": name, "split": arg or "train"})
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hndesc_features.training.knn", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,23 +78,23 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", default="small", help="HNDesc backbone (small | patch | caps | r2d2)")
     ap.add_argument("--weights", default=None, help="default: the shipped weights of the backbone")
     ap.add_argument("--images", default="dev_images:train",
-                    help="image source as name:split (the training split of the dev photos by default)")
+                    help="image source(s), comma-separated name:split (dev_images:train, webcam:train) or "
+                         "folder:<root> (the training split of the dev photos by default)")
+    ap.add_argument("--exclude", default="", help="comma-separated path substrings to leave out (e.g. sacre_coeur)")
     ap.add_argument("--size", type=int, default=384, help="long side the images are resized to")
     a = ap.parse_args(argv)
     from hndesc_features import weights as registry
 
     from .datasets.image_folder import source_paths
 
-    name, _, split = a.images.partition(":")
     torch.set_grad_enabled(False)
     model = registry.load_model(a.weights, f"hndesc_{a.backbone}", f"hndesc_{a.backbone}")[0]
-    out = write_global_descriptors(source_paths({"name": name, "split": split or "train"}), model, a.output, a.size)
+    excl = [e for e in a.exclude.split(",") if e]
+    paths = [p for p in source_paths(parse_sources(a.images)) if not any(e in str(p) for e in excl)]
+    out = write_global_descriptors(paths, model, a.output, a.size)
     print(f"wrote {out}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 # ---------------------------------------------------------------- neighbour indexes of the gd / selfgd mining
@@ -237,3 +246,7 @@ class SelfGDIndex:
 
     def __call__(self, name: str) -> list[str]:
         return self.neighbours.get(str(name), [])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -275,6 +275,20 @@ def default_style_photos(data_dir: Optional[Path] = None) -> dict[str, list[Path
     return {k: [Path(data_dir) / p for p in v] for k, v in DEFAULT_STYLE_PHOTOS.items()}
 
 
+def webcam_style_photos(scenes: Optional[Sequence[str]] = None, dark_below: float = 100.0,
+                        root: Optional[str] = None) -> dict[str, list[Path]]:
+    """Style sources from the *training* images of the static-webcam training scenes (the held-aside
+    validation images and the benchmark scene ``chamonix`` are never used): ``webcam_dark`` (mean
+    gray level below ``dark_below``: nights, dusks) and ``webcam_light`` (the others)."""
+    from .datasets.webcam import DEFAULT_ROOT, TRAIN_SCENES, mean_brightness, webcam_images
+
+    paths = webcam_images(root or DEFAULT_ROOT, list(scenes or TRAIN_SCENES), "train")
+    br = mean_brightness(paths)
+    out = {"webcam_dark": [p for p, b in zip(paths, br) if b < dark_below],
+           "webcam_light": [p for p, b in zip(paths, br) if b >= dark_below]}
+    return {k: v for k, v in out.items() if v}
+
+
 def list_images(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
     """(file, path relative to its root) for image files and folders (recursive)."""
     out = []

@@ -368,6 +368,7 @@ class Trainer:
 
         self.val_conf = conf.get("val", {}) or {}
         self.val_pairs = None
+        self.val_webcam_pairs = None
         self.writer = None
         if self.main:
             self.output.mkdir(parents=True, exist_ok=True)
@@ -453,16 +454,29 @@ class Trainer:
             return None
         if self.val_pairs is None:
             self.val_pairs = make_pairs(vc)
+            if vc["webcam"].get("enable"):
+                from .validation import make_webcam_pairs
+
+                self.val_webcam_pairs = make_webcam_pairs(vc)
         self.model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            res = evaluate_pairs(lambda im: net.extract(im.to(self.device), vc["max_keypoints"]),
-                                 self.val_pairs, vc["thresholds"])
+            def ex(im):
+                return net.extract(im.to(self.device), vc["max_keypoints"])
+
+            res = evaluate_pairs(ex, self.val_pairs, vc["thresholds"])
+            if vc["webcam"].get("enable"):
+                res.update({"webcam_" + k: v for k, v in
+                            evaluate_pairs(ex, self.val_webcam_pairs, vc["thresholds"]).items()})
         self.model.train()
+        if vc["select"] != "mma@3":
+            from .validation import selection_value
+
+            res["select"] = selection_value(res, vc["select"])
         return res
 
     def _track_best(self, res: dict) -> None:
         """Remember the best validation (MMA@3) and keep its weights as <name>_best.pt."""
-        key = "mma@3" if "mma@3" in res else sorted(res)[0]
+        key = "select" if "select" in res else "mma@3" if "mma@3" in res else sorted(res)[0]
         if self.best is None or res[key] > self.best["value"]:
             self.best = {"step": self.step, "metric": key, "value": res[key]}
             self.export(self.output / f"{self.conf['name']}_best.pt")

@@ -33,6 +33,14 @@ DEFAULT_CONF = {
     "max_keypoints": 1024,
     "thresholds": [1, 2, 3, 5],
     "grayscale": False,
+    # real illumination pairs too (datasets/webcam.py): two held-aside images of a training webcam scene
+    # (never the benchmark scene chamonix), view 1 through a fixed seeded homography; logged with the
+    # prefix webcam_. Half the pairs are the scene's largest brightness differences, half drawn at random.
+    "webcam": {"enable": False, "root": "${HNDESC_SHARED_DATA}/webcam", "scenes": ["courbevoie", "frankfurt"],
+               "split": "val", "n_pairs": 12, "resize": 640, "seed": 0,
+               "homography": {"scale": [0.7, 1.4], "rotation": 30.0, "translation": 0.05, "perspective": 0.1}},
+    # validation metric that picks `train.export: best`: a key of the results or a list (their mean)
+    "select": "mma@3",
 }
 
 
@@ -83,3 +91,40 @@ def evaluate_pairs(extract: Callable[[torch.Tensor], dict], pairs: list[dict],
     out["matches"] = float(np.mean(n_matches))
     out["keypoints"] = float(np.mean(n_kpts))
     return out
+
+
+def make_webcam_pairs(conf: Optional[dict] = None) -> list[dict]:
+    """Real illumination pairs (+ a fixed homography) from held-aside webcam images (``conf["webcam"]``)."""
+    from .datasets.webcam import mean_brightness, webcam_images
+
+    wc = merge(DEFAULT_CONF, conf)["webcam"]
+    paths = webcam_images(wc["root"], wc["scenes"], wc["split"])
+    br = mean_brightness(paths)
+    cand = [(i, j) for i in range(len(paths)) for j in range(i + 1, len(paths))
+            if paths[i].parent == paths[j].parent]
+    cand.sort(key=lambda ij: (-abs(br[ij[0]] - br[ij[1]]), ij))
+    n = int(wc["n_pairs"])
+    rng = np.random.default_rng(int(wc["seed"]))
+    chosen = cand[: n // 2]
+    rest = cand[n // 2:]
+    chosen += [rest[k] for k in sorted(rng.choice(len(rest), min(n - len(chosen), len(rest)), replace=False))]
+    hc = wc["homography"]
+    pairs = []
+    for k, (i, j) in enumerate(chosen):
+        a = resize_long_side(read_image(paths[i]), wc["resize"])
+        b = resize_long_side(read_image(paths[j]), wc["resize"])
+        hw = a.shape[:2]
+        H = sample_homography(hw, np.random.default_rng([int(wc["seed"]), 7, k]), hc["scale"], hc["rotation"],
+                              hc["translation"], hc["perspective"])
+        pairs.append({"view0": to_tensor(a), "view1": warp_image(to_tensor(b), H, hw), "H_0to1": H,
+                      "name": f"{paths[i]}|{paths[j].name}"})
+    return pairs
+
+
+def selection_value(res: dict, select) -> float:
+    """The validation number that picks the exported weights (mean of the listed keys)."""
+    keys = [select] if isinstance(select, str) else list(select)
+    missing = [k for k in keys if k not in res]
+    if missing:
+        raise KeyError(f"val.select: {missing} not among the validation results {sorted(res)}")
+    return float(np.mean([res[k] for k in keys]))

@@ -8,7 +8,8 @@ A source is a dict (or a list of dicts, concatenated) with a ``name``:
 - ``coco``: a COCO 2017 folder (``root/{train,val,test}2017/*.jpg``), ``split`` train|val|test;
 - ``megadepth``: the images of MegaDepth as released for CAPS (``root/<split>/<scene>/dense*/aligned/images``);
 - ``phototourism``: the images of Phototourism scenes in the IMC layout;
-- ``list``: explicit ``paths``.
+- ``list``: explicit ``paths``;
+- ``webcam``: static-webcam images (``scenes``, ``split: train|val|all``; see webcam.py).
 
 Unreadable files are detected when first loaded: a ``CorruptImageWarning`` names the file and
 the dataset moves on to the next image.

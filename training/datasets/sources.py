@@ -4,8 +4,44 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from .base import expand, list_images
+
+# static webcams (webcam.py): the fixed split shared with benchmarks/webcam.py
+FORBIDDEN_SCENES = ("chamonix",)  # the dev benchmark scene (benchmarks/webcam.py): never trained on
+TRAIN_SCENES = ("courbevoie", "frankfurt")
+DEFAULT_ROOT = "${HNDESC_SHARED_DATA}/webcam"
+
+
+def check_scenes(scenes: Sequence[str]) -> list[str]:
+    scenes = [scenes] if isinstance(scenes, str) else list(scenes)
+    bad = [s for s in scenes if s in FORBIDDEN_SCENES]
+    if bad:
+        raise ValueError(f"webcam scene(s) {bad} are the dev benchmark scene: never train, validate or take "
+                         f"styles on them (training scenes: {list(TRAIN_SCENES)})")
+    if not scenes:
+        raise ValueError("webcam: no scene given")
+    return scenes
+
+
+def webcam_images(root: str = DEFAULT_ROOT, scenes: Sequence[str] = TRAIN_SCENES, split: str = "train",
+                  val_every: int = 5, val_offset: int = 2) -> list[Path]:
+    """Sorted image paths of the scenes' ``train`` / ``val`` / ``all`` images (see the module doc)."""
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"webcam split must be train, val or all, got '{split}'")
+    out = []
+    for scene in check_scenes(scenes):
+        d = expand(f"{root}/{scene}")
+        if not d.is_dir():
+            raise FileNotFoundError(f"webcam scene folder '{d}' does not exist")
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        for k, p in enumerate(files):
+            held = val_every > 0 and k % int(val_every) == int(val_offset) % int(val_every)
+            if split == "all" or (split == "val") == held:
+                out.append(p)
+    return out
+
 
 SPLITS = ("train", "val", "test", "unlabeled")
 
@@ -73,4 +109,9 @@ def _source_paths(source) -> list[Path]:
         return phototourism_images(source["root"], source.get("scenes"))
     if name == "list":
         return [expand(p) for p in source["paths"]]
-    raise ValueError(f"Unknown image source '{name}' (dev_images, folder, coco, megadepth, phototourism, list)")
+    if name == "webcam":  # static webcams (webcam.py): chamonix, the dev benchmark scene, is refused
+        return webcam_images(source.get("root", DEFAULT_ROOT), source.get("scenes", TRAIN_SCENES),
+                             source.get("split", "train"), int(source.get("val_every", 5)),
+                             int(source.get("val_offset", 2)))
+    raise ValueError(f"Unknown image source '{name}' (dev_images, folder, coco, megadepth, phototourism, list, "
+                     "webcam)")

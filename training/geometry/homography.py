@@ -266,18 +266,26 @@ def warp_image(image: torch.Tensor, H, out_hw: Sequence[int], mode: str = "bilin
     return out[0] if squeeze else out
 
 
-def sample_pair(image: torch.Tensor, conf: dict, rng: np.random.Generator) -> dict:
+def sample_pair(image: torch.Tensor, conf: dict, rng: np.random.Generator,
+                image1: Optional[torch.Tensor] = None) -> dict:
     """A homography pair from one C×H×W float image: views, H_0to1 and validity masks.
+
+    ``image1`` (optional, same C×H×W as ``image``): view 1 is resampled from it instead — a second
+    image *registered* to the first one (identity ground truth, e.g. two frames of a static webcam
+    under other lighting), so the pair has real appearance change and the sampler's exact geometry.
 
     Returns ``view0``, ``view1`` (C×h×w), ``H_0to1`` (3×3 float64 numpy), ``A0``, ``A1``
     (image→view), ``valid0``, ``valid1`` (h×w bool: pixel comes from inside the image).
     """
     conf = merge_conf(DEFAULT_CONF, conf)
     image_hw = tuple(image.shape[-2:])
+    if image1 is not None and tuple(image1.shape) != tuple(image.shape):
+        raise ValueError(f"sample_pair: image1 {tuple(image1.shape)} must be registered to image "
+                         f"{tuple(image.shape)} (same size)")
     geo = sample_pair_geometry(image_hw, conf, rng)
     hw = geo["size"]
     view0 = warp_image(image, geo["A0"], hw)
-    view1 = warp_image(image, geo["A1"], hw)
+    view1 = warp_image(image if image1 is None else image1, geo["A1"], hw)
     return {
         "view0": view0, "view1": view1, "H_0to1": geo["H_0to1"], "A0": geo["A0"], "A1": geo["A1"],
         "valid0": valid_mask(geo["A0"], image_hw, hw), "valid1": valid_mask(geo["A1"], image_hw, hw),

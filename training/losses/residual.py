@@ -15,6 +15,7 @@ not within ``neg_radius`` px of the true correspondence; then
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +44,30 @@ DEFAULT_CONF = {
     "ori_tolerance": 30.0,  # degrees (non-upright descriptors)
     "scale_tolerance": 1.6,  # ratio
     "border": 4,  # px: drop keypoints closer than this to invalid (outside-the-image) pixels
+    # --- the HNDesc recipe on the residual model (confs/train/hndesc.yaml; all off by default) ---
+    # photometric, in the data workers, before g is computed (as at test time g sees the image):
+    # stylization of view 1 (training/stylize.py; styles "webcam": the training webcam scenes) and
+    # HNDesc's colour augmentation of both views (training/augment_hndesc.py, kornia)
+    "stylize": {"mode": "none", "p": 0.7, "styles": None},
+    "augment": {"enable": False, "p_color": 0.6, "p_blur": 0.3, "p_noise": 0.1},
+    # with type mutual: loss = mutual_weight · mutual-NN term + ap_weight · HNDesc AP loss over the GT
+    # pairs, each anchor (view 0) against its positive and the `knn` hardest negatives mined
+    # in_pair | in_batch | gd (in_batch + keypoints of a crop of a neighbour image found with global
+    # descriptors, gd.knn_file: `python -m hndesc_features.training.knn`). Pairs of the same webcam scene share content:
+    # they are never each other's in-batch negatives.
+    "mutual_weight": 1.0,
+    "ap_weight": 0.0,
+    "mining": "in_batch",
+    "in_batch_with_pair": False,
+    "neg_min_dist": 8.0,  # px: same-pair candidates this close to the positive are not negatives
+    "knn": 20,
+    "nq": 20,
+    "gd": {"knn_file": None, "k": 5, "images": None, "resize": [640, 1024], "keypoints": 256},
 }
+
+
+def _loss_conf(conf: dict) -> dict:
+    return merge(DEFAULT_CONF, conf, "loss")
 
 
 def _model_conf(conf: dict) -> dict:
@@ -93,35 +117,153 @@ def _valid_at(valid: np.ndarray, kp: np.ndarray, border: int) -> np.ndarray:
 def prepare(sample: dict, conf: dict) -> dict:
     """Homography pair → views + handcrafted features + GT matches (fixed-size, padded)."""
     mc = _model_conf(conf)
-    lc = {**DEFAULT_CONF, **conf["loss"]}
+    lc = _loss_conf(conf["loss"])
     n = int(lc["train_keypoints"])
     dim, _, upright, _, sign = DESCRIPTORS[mc["descriptor"]]
     H = sample["H_0to1"].double().numpy()
-    use_ctx = bool(mc["context_scale"]) and mc["use_handcrafted"]
+    views = _photometric(sample, lc)
     feats = []
     for v in ("0", "1"):
-        gray = to_gray_u8(sample["view" + v])
-        f = detect_handcrafted(gray, mc["descriptor"], -1, mc["contrast_threshold"], mc["hessian_threshold"])
-        keep = np.nonzero(_valid_at(sample["valid" + v].numpy(), f["keypoints"], int(lc["border"])))[0][:n]
-        f = {k: f[k][keep] for k in ("keypoints", "scales", "oris", "descriptors")}
-        f["context"] = (context_descriptors(gray, f, mc["descriptor"], float(mc["context_scale"]), mc["contrast_threshold"])
-                        if use_ctx else np.zeros((len(keep), dim), np.float32))
-        feats.append(f)
+        feats.append(_features(views[int(v)], sample["valid" + v].numpy(), mc, lc, n))
     m = gt_matches(feats[0], feats[1], H, lc, upright, sign)
-    out = {"image0": sample["view0"], "image1": sample["view1"], "H_0to1": sample["H_0to1"]}
+    out = {"image0": views[0], "image1": views[1], "H_0to1": sample["H_0to1"]}
     for v, f in zip("01", feats):
-        k = len(f["keypoints"])
-        pad = n - k
-        out["kp" + v] = torch.from_numpy(np.pad(f["keypoints"], ((0, pad), (0, 0))).astype(np.float32))
-        out["scales" + v] = torch.from_numpy(np.pad(f["scales"], (0, pad), constant_values=1).astype(np.float32))
-        out["oris" + v] = torch.from_numpy(np.pad(f["oris"], (0, pad)).astype(np.float32))
-        out["g" + v] = torch.from_numpy(np.pad(f["descriptors"].reshape(k, dim), ((0, pad), (0, 0))).astype(np.float32))
-        out["ctx" + v] = torch.from_numpy(np.pad(f["context"].reshape(k, dim), ((0, pad), (0, 0))).astype(np.float32))
-        out["mask" + v] = torch.from_numpy(np.arange(n) < k)
+        out.update(_padded(f, v, n, dim))
     out["matches"] = torch.from_numpy(np.pad(m, (0, n - len(m)), constant_values=-1))
+    if float(lc["ap_weight"]) > 0:  # which pairs share content (same webcam scene: never in-batch negatives)
+        out["group"] = torch.tensor(_group_id(sample), dtype=torch.int64)
+        if lc["mining"] == "gd":
+            out.update(_neighbour_sample(sample, conf, mc, lc, views[0].shape[-2:]))
     # each keypoint's true location in the other view (for the negative exclusion radius)
     out["kp0_in1"] = torch.from_numpy(warp_points(out["kp0"].double().numpy(), H).astype(np.float32))
     out["kp1_in0"] = torch.from_numpy(warp_points(out["kp1"].double().numpy(), np.linalg.inv(H)).astype(np.float32))
+    return out
+
+
+def _photometric(sample: dict, lc: dict) -> list:
+    """(view0, view1) after the HNDesc recipe's stylization of view 1 and colour augmentation."""
+    from ..pipelines.hndesc import _augmentation, _stylize_view1
+
+    v0, v1 = sample["view0"], sample["view1"]
+    sconf, aconf = lc["stylize"], lc["augment"]
+    if sconf.get("mode", "none") == "none" and not aconf.get("enable", False):
+        return [v0, v1]
+    rng = np.random.default_rng([int(sample.get("seed", 0)) & 0xFFFFFFFF, 4243])
+    if sconf.get("mode", "none") != "none":
+        v1 = _stylize_view1(sample, {"root": None, "rel_to": None, **sconf}, rng)
+    if aconf.get("enable", False):
+        if v0.shape[0] == 1:
+            v0, v1 = v0.expand(3, -1, -1), v1.expand(3, -1, -1)
+        aug = _augmentation({k: v for k, v in aconf.items() if k != "enable"})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**31)))
+            v0, v1 = aug(v0[None])[0], aug(v1[None])[0]
+    return [v0.contiguous(), v1.contiguous()]
+
+
+def _features(view: torch.Tensor, valid: np.ndarray, mc: dict, lc: dict, n: int) -> dict:
+    """g (top n inside the valid region), its keypoint frames and context descriptors of one view."""
+    dim = DESCRIPTORS[mc["descriptor"]][0]
+    gray = to_gray_u8(view)
+    try:
+        f = detect_handcrafted(gray, mc["descriptor"], -1, mc["contrast_threshold"], mc["hessian_threshold"])
+    except ValueError as e:  # a view without any keypoint (flat night crop) on a detector that cannot return none
+        if "reshape" not in str(e):
+            raise
+        f = {"keypoints": np.zeros((0, 2), np.float32), "scales": np.zeros(0, np.float32),
+             "oris": np.zeros(0, np.float32), "descriptors": np.zeros((0, dim), np.float32)}
+    keep = np.nonzero(_valid_at(valid, f["keypoints"], int(lc["border"])))[0][:n]
+    f = {k: f[k][keep] for k in ("keypoints", "scales", "oris", "descriptors")}
+    use_ctx = bool(mc["context_scale"]) and mc["use_handcrafted"]
+    f["context"] = (context_descriptors(gray, f, mc["descriptor"], float(mc["context_scale"]), mc["contrast_threshold"])
+                    if use_ctx else np.zeros((len(keep), dim), np.float32))
+    return f
+
+
+def _padded(f: dict, v: str, n: int, dim: int) -> dict:
+    k = len(f["keypoints"])
+    pad = n - k
+    return {
+        "kp" + v: torch.from_numpy(np.pad(f["keypoints"].reshape(k, 2), ((0, pad), (0, 0))).astype(np.float32)),
+        "scales" + v: torch.from_numpy(np.pad(f["scales"], (0, pad), constant_values=1).astype(np.float32)),
+        "oris" + v: torch.from_numpy(np.pad(f["oris"], (0, pad)).astype(np.float32)),
+        "g" + v: torch.from_numpy(np.pad(f["descriptors"].reshape(k, dim), ((0, pad), (0, 0))).astype(np.float32)),
+        "ctx" + v: torch.from_numpy(np.pad(f["context"].reshape(k, dim), ((0, pad), (0, 0))).astype(np.float32)),
+        "mask" + v: torch.from_numpy(np.arange(n) < k),
+    }
+
+
+def _group_id(sample: dict) -> int:
+    """-1 for a photo pair; a stable id per webcam scene (its pairs show the same place)."""
+    scene = sample.get("scene") or ""
+    if not scene:
+        return -1
+    import zlib
+
+    return int(zlib.crc32(scene.encode()) & 0x7FFFFFFF)
+
+
+_GD_CACHE: dict = {}
+
+
+def _knn_index(lc: dict):
+    from ..datasets.image_folder import source_paths
+    from ..knn import KNNIndex
+
+    g = lc["gd"]
+    if not g.get("knn_file") or not g.get("images"):
+        raise ValueError("loss.mining=gd needs loss.gd.knn_file (python -m hndesc_features.training.knn) and loss.gd.images "
+                         "(the image source the file describes)")
+    key = (str(g["knn_file"]), repr(g["images"]), int(g["k"]))
+    if key not in _GD_CACHE:
+        from ..datasets.image_folder import expand
+
+        names = [str(p) for p in source_paths(g["images"])]
+        _GD_CACHE[key] = KNNIndex(expand(g["knn_file"]), names, 10_000)  # full order: same-scene ones are skipped
+    return _GD_CACHE[key]
+
+
+def _neighbour_sample(sample: dict, conf: dict, mc: dict, lc: dict, hw) -> dict:
+    """HNDesc gd mining: g and frames of a crop (the views' size) of a neighbour image of the pair's
+    source (global-descriptor kNN), described in the same forward pass; all are negatives. Neighbours
+    from the same webcam scene (the same place) are skipped."""
+    from ..datasets.base import read_image, resize_long_side, to_tensor
+
+    g = lc["gd"]
+    n = int(g["keypoints"])
+    dim = DESCRIPTORS[mc["descriptor"]][0]
+    rng = np.random.default_rng([int(sample.get("seed", 0)) & 0xFFFFFFFF, 4244])
+    src = str(sample.get("name", ""))
+    nbs = [p for p in _knn_index(lc)(src)
+           if not (sample.get("scene") and str(Path(p).parent) == str(Path(src).parent))][: int(g["k"])]
+    h, w = int(hw[0]), int(hw[1])
+    img = None
+    if nbs:
+        p = nbs[int(rng.integers(len(nbs)))]
+        img = _GD_CACHE.get(("img", p))
+        if img is None:
+            img = read_image(p)
+            if img is not None:
+                img = resize_long_side(img, 1024)
+            _GD_CACHE[("img", p)] = img
+    if img is None:
+        f = {"keypoints": np.zeros((0, 2), np.float32), "scales": np.zeros(0, np.float32),
+             "oris": np.zeros(0, np.float32), "descriptors": np.zeros((0, dim), np.float32),
+             "context": np.zeros((0, dim), np.float32)}
+        crop = torch.zeros(3, h, w)
+    else:
+        lo, hi = g["resize"]
+        im = resize_long_side(img, rng.uniform(lo, hi), min_side=max(h, w))
+        y0 = int(rng.integers(im.shape[0] - h + 1))
+        x0 = int(rng.integers(im.shape[1] - w + 1))
+        crop = to_tensor(im[y0:y0 + h, x0:x0 + w])
+        if crop.shape[0] == 1:
+            crop = crop.expand(3, -1, -1)
+        crop = _photometric({"view0": crop, "view1": crop, "seed": int(sample.get("seed", 0)) + 7},
+                            {**lc, "stylize": {"mode": "none"}})[0]
+        f = _features(crop, np.ones((h, w), bool), mc, lc, n)
+    out = _padded(f, "2", n, dim)
+    out["image2"] = crop.contiguous()
     return out
 
 
@@ -141,17 +283,27 @@ class Loss(nn.Module):
 
     def __init__(self, conf: dict):
         super().__init__()
-        self.conf = merge(DEFAULT_CONF, conf, "loss")
+        self.conf = _loss_conf(conf)
+        self.ap = None
+        if float(self.conf["ap_weight"]) > 0:
+            if self.conf["type"] != "mutual":
+                raise ValueError("loss.ap_weight > 0 (the HNDesc AP term) goes with loss.type: mutual")
+            from .hndesc import HNDescLoss
+
+            c = self.conf
+            self.ap = HNDescLoss("ap", c["mining"], int(c["knn"]), int(c["nq"]),
+                                 in_batch_with_pair=bool(c["in_batch_with_pair"]))
 
     def forward(self, model, batch: dict):
         B, N = batch["kp0"].shape[:2]
+        views = ("0", "1", "2") if "image2" in batch else ("0", "1")  # 2: gd neighbour crops
         data = {
-            "image": torch.cat([batch["image0"], batch["image1"]]),
-            "keypoints": torch.cat([batch["kp0"], batch["kp1"]]),
-            "scales": torch.cat([batch["scales0"], batch["scales1"]]),
-            "oris": torch.cat([batch["oris0"], batch["oris1"]]),
-            "handcrafted": torch.cat([batch["g0"], batch["g1"]]),
-            "context": torch.cat([batch["ctx0"], batch["ctx1"]]),
+            "image": torch.cat([batch["image" + v] for v in views]),
+            "keypoints": torch.cat([batch["kp" + v] for v in views]),
+            "scales": torch.cat([batch["scales" + v] for v in views]),
+            "oris": torch.cat([batch["oris" + v] for v in views]),
+            "handcrafted": torch.cat([batch["g" + v] for v in views]),
+            "context": torch.cat([batch["ctx" + v] for v in views]),
         }
         aux = float(self.conf["aux_h_weight"]) > 0
         if aux:
@@ -160,7 +312,13 @@ class Loss(nn.Module):
         desc, h = (out["descriptors"], out["h"]) if isinstance(out, dict) else (out, None)
         m = batch["matches"]
         if self.conf["type"] == "mutual":
-            return self._mutual(desc, batch)
+            loss, logs = self._mutual(desc, batch)
+            loss = float(self.conf["mutual_weight"]) * loss
+            if self.ap is not None:
+                la, ap_logs = self._ap(desc, batch)
+                loss = loss + float(self.conf["ap_weight"]) * la
+                logs.update(ap_logs)
+            return loss, logs
         b, i = torch.nonzero(m >= 0, as_tuple=True)
         j = m[b, i]
         if len(b) == 0:
@@ -185,8 +343,30 @@ class Loss(nn.Module):
         B = batch["kp0"].shape[0]
         r = float(self.conf["neg_radius"])
         near = torch.cdist(batch["kp0_in1"], batch["kp1"]) < r
-        return mutual_nn_loss(desc[:B], desc[B:], batch["matches"], batch["mask0"], batch["mask1"], near,
+        return mutual_nn_loss(desc[:B], desc[B:2 * B], batch["matches"], batch["mask0"], batch["mask1"], near,
                               float(self.conf["temperature"]), float(self.conf["unmatched_weight"]))
+
+    def _ap(self, desc, batch):
+        """HNDesc AP loss over the GT pairs: anchors in view 0, positives in view 1, negatives mined
+        among the other positives (in_pair / in_batch) and the gd neighbour crops' keypoints."""
+        B = batch["kp0"].shape[0]
+        m = batch["matches"]
+        b, i = torch.nonzero(m >= 0, as_tuple=True)
+        j = m[b, i]
+        anchors, positives = desc[:B][b, i], desc[B:2 * B][b, j]
+        extra = desc[2 * B:][batch["mask2"]] if "image2" in batch else None
+        # candidates that are not negatives: same-pair keypoints near the positive, and every keypoint
+        # of another pair of the same webcam scene (the same place under other lighting)
+        p1 = batch["kp1"][b, j]
+        same = b[:, None] == b[None, :]
+        exclude = same & (torch.cdist(p1, p1) < float(self.conf["neg_min_dist"]))
+        grp = batch["group"][b]
+        exclude |= ~same & (grp[:, None] == grp[None, :]) & (grp[:, None] >= 0)
+        out = self.ap(anchors, positives, b, extra, exclude)
+        logs = {"ap": out["ap"], "ap_loss": out["loss"].detach(), "ap_anchors": float(out["n"]) / B}
+        if extra is not None:
+            logs["gd_negatives"] = float(extra.shape[0]) / B
+        return out["loss"], logs
 
     def _loss(self, desc, B, N, b, i, j, excl1, excl0, batch, same):
         d0, d1 = desc[:B], desc[B:]

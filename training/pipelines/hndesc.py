@@ -68,6 +68,7 @@ DEFAULT_CONF = {
     # second crop from a stylized version with probability p (reference: 0.7).
     # mode online: StatsStylizer colour map on the crop; pregenerated: copies written by
     # `python -m hndesc_features.training.stylize` under `root` (needs samples with A1/source_hw); none.
+    # styles: None (default dusk/night photos), {name: [photos]}, or "webcam" (training webcam scenes)
     "stylize": {"mode": "online", "p": 0.7, "root": None, "styles": None, "rel_to": None},
     # neighbour crops have the size of the training crops (one forward pass)
     "gd": {"knn_file": None, "k": 5, "pick": "first", "resize": 800, "max_kpts": 200,
@@ -104,6 +105,10 @@ def _stylizer(sconf: dict):
     key = ("stylizer", repr(sconf.get("styles")))
     if key not in _CACHE:
         photos = sconf.get("styles") or default_style_photos()
+        if photos == "webcam":  # the training webcam scenes' own train images (stylize.webcam_style_photos)
+            from ..stylize import webcam_style_photos
+
+            photos = webcam_style_photos()
         _CACHE[key] = StatsStylizer({k: list(v) for k, v in photos.items()}, seed=0)
     return _CACHE[key]
 
