@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import requires_hloc
-from training.geometry.homography import sample_pair, warp_image
+from hndesc_features.training.geometry.homography import sample_pair, warp_image
 
 torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def webcam_root():
-    from training.datasets.dev_images import shared_data_dir
+    from hndesc_features.training.datasets.dev_images import shared_data_dir
 
     d = shared_data_dir()
     if d is None or not (d / "webcam" / "courbevoie").is_dir():
@@ -27,8 +27,8 @@ def _small_conf():
 
 
 def test_webcam_split_never_uses_the_benchmark_scene(webcam_root):
-    from training.datasets.image_folder import source_paths
-    from training.datasets.webcam import webcam_images
+    from hndesc_features.training.datasets.image_folder import source_paths
+    from hndesc_features.training.datasets.webcam import webcam_images
 
     train = webcam_images(split="train")
     val = webcam_images(split="val")
@@ -44,8 +44,8 @@ def test_webcam_split_never_uses_the_benchmark_scene(webcam_root):
 
 
 def test_webcam_pairs_are_two_images_of_one_training_scene(webcam_root):
-    from training.datasets import build_dataset
-    from training.datasets.webcam import webcam_images
+    from hndesc_features.training.datasets import build_dataset
+    from hndesc_features.training.datasets.webcam import webcam_images
 
     ds = build_dataset({"name": "webcam", "homography": _small_conf(), "photometric": {"enable": False},
                         "resize": [480, 640]})
@@ -69,8 +69,8 @@ def test_webcam_pairs_are_two_images_of_one_training_scene(webcam_root):
 def test_shared_sampler_resamples_view1_from_the_registered_image(webcam_root):
     """One sampler: with image1 the geometry is the same draw, view 1 comes from the second image, and
     view 1 seen back through H⁻¹ is the second image at view 0's crop (the identity GT of a static webcam)."""
-    from training.datasets.base import read_image, to_tensor
-    from training.datasets.webcam import webcam_images
+    from hndesc_features.training.datasets.base import read_image, to_tensor
+    from hndesc_features.training.datasets.webcam import webcam_images
 
     paths = [p for p in webcam_images(split="train") if p.parent.name == "frankfurt"]
     a, b = (to_tensor(read_image(p)) for p in (paths[0], paths[-1]))
@@ -93,10 +93,10 @@ def test_shared_sampler_resamples_view1_from_the_registered_image(webcam_root):
 
 
 def test_mixture_and_webcam_styles_and_validation(webcam_root):
-    from training.datasets import build_dataset
-    from training.stylize import webcam_style_photos
-    from training.validation import make_webcam_pairs
-    from training.datasets.webcam import webcam_images
+    from hndesc_features.training.datasets import build_dataset
+    from hndesc_features.training.stylize import webcam_style_photos
+    from hndesc_features.training.validation import make_webcam_pairs
+    from hndesc_features.training.datasets.webcam import webcam_images
 
     hom = _small_conf()
     mix = build_dataset({"name": "mixture", "parts": [
@@ -122,14 +122,15 @@ def test_mixture_and_webcam_styles_and_validation(webcam_root):
 
 def _recipe_batch(conf, seed=0):
     """A real batch of the shipped recipe: 2 webcam illumination pairs + 2 photo homography pairs."""
-    from training.datasets import build_dataset
-    from training.losses import residual as R
+    from hndesc_features.training.datasets import build_dataset
+    from hndesc_features.training.losses import residual as R
+    from hndesc_features.training.pipelines import residual as RP
 
     parts = conf["data"]["parts"]
     photos = build_dataset({**parts[0], "homography": {**parts[0]["homography"], "size": 192}})
     webcam = build_dataset({**parts[1], "homography": {**parts[1]["homography"], "size": 192}})
     samples = [webcam[(0, seed)], webcam[(len(webcam) - 1, seed + 1)], photos[(0, seed + 2)], photos[(5, seed + 3)]]
-    return R.collate([R.prepare(s, conf) for s in samples])
+    return RP.collate([RP.prepare(s, conf) for s in samples])
 
 
 def test_hndesc_recipe_training_step_lowers_the_loss_on_real_pairs(webcam_root):
@@ -137,9 +138,10 @@ def test_hndesc_recipe_training_step_lowers_the_loss_on_real_pairs(webcam_root):
     augmentation) on a fixed batch of real webcam + photo pairs, from the recipe's initial weights: the
     loss falls, both terms are active, and same-scene webcam pairs are not each other's negatives."""
     from hndesc_features.models.checkpoints import load_weights
-    from training.config import load_config
-    from training.losses import residual as R
-    from training.trainer import param_groups
+    from hndesc_features.training.config import load_config
+    from hndesc_features.training.losses import residual as R
+    from hndesc_features.training.pipelines import residual as RP
+    from hndesc_features.training.trainer import param_groups
 
     conf = load_config("hndesc")
     parts = conf["data"]["parts"]
@@ -148,7 +150,9 @@ def test_hndesc_recipe_training_step_lowers_the_loss_on_real_pairs(webcam_root):
     assert conf["loss"]["stylize"]["styles"] == "webcam" and conf["loss"]["augment"]["enable"]
     batch = _recipe_batch(conf)
     assert (batch["group"][:2] >= 0).all() and (batch["group"][2:] == -1).all()
-    model, _ = load_weights(conf["train"]["init_weights"], "residual",
+    from hndesc_features import weights as registry
+
+    model, _ = load_weights(registry.resolve(conf["train"]["init_weights"]), "residual",
                             {k: v for k, v in conf["model"].items() if k != "name"})
     model.train()
     loss_fn = R.Loss(conf["loss"])
@@ -169,7 +173,7 @@ def test_hndesc_recipe_training_step_lowers_the_loss_on_real_pairs(webcam_root):
 
 def test_hndesc_conf_is_the_residual_rootsift_model():
     from hndesc_features.confs import feature_confs
-    from hndesc_features.models.checkpoints import WEIGHTS_DIR
+    from hndesc_features.weights import PACKAGE_DIR as WEIGHTS_DIR
 
     confs = feature_confs()
     m = confs["hndesc"]["model"]
@@ -188,7 +192,7 @@ def test_hndesc_extracts_through_our_cli_and_hlocs(two_photos, tmp_path):
     256-d unit descriptors, and the two photos match far better than chance."""
     from conftest import run_py
     from hndesc_features.confs import get_feature_conf
-    from training.validation import mutual_nn
+    from hndesc_features.training.validation import mutual_nn
     import h5py
 
     for cli, out in (("hloc.extract_features", "h"), ("hndesc_features.extract_features", "o")):

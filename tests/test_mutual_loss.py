@@ -9,7 +9,8 @@ from hndesc_features.handcrafted import detect_sift
 from hndesc_features.models.residual import to_gray_u8
 from hndesc_features.training.geometry.homography import sample_pair, warp_points
 from hndesc_features.training.losses.mutual import mutual_nn_loss
-from hndesc_features.training.losses.residual import DEFAULT_CONF, gt_matches
+from hndesc_features.training.losses.residual import DEFAULT_CONF
+from hndesc_features.training.pipelines.residual import gt_matches
 
 torch.set_num_threads(1)
 

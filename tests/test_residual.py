@@ -17,6 +17,7 @@ from hndesc_features.weights import PACKAGE_DIR as WEIGHTS_DIR
 from hndesc_features.models.residual import ResidualDescriptor, to_gray_u8
 from hndesc_features.training.geometry.homography import sample_pair, warp_points
 from hndesc_features.training.losses import residual as R
+from hndesc_features.training.pipelines import residual as RP
 
 torch.set_num_threads(1)
 try:
@@ -46,8 +47,8 @@ def real_batch(conf: dict, photos, homography: dict, seed: int) -> dict:
         pair = sample_pair(photo_tensor(name), homography, rng)
         s = {"view0": pair["view0"], "view1": pair["view1"], "valid0": torch.from_numpy(pair["valid0"]),
              "valid1": torch.from_numpy(pair["valid1"]), "H_0to1": torch.from_numpy(pair["H_0to1"].astype(np.float32))}
-        samples.append(R.prepare(s, conf))
-    return R.collate(samples)
+        samples.append(RP.prepare(s, conf))
+    return RP.collate(samples)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_prepare_builds_consistent_gt_matches():
                        np.random.default_rng(0))
     sample = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) and k != "params" else v) for k, v in pair.items()}
     sample["H_0to1"] = torch.from_numpy(pair["H_0to1"].astype(np.float32))
-    out = R.prepare(sample, conf)
+    out = RP.prepare(sample, conf)
     assert out["kp0"].shape == (200, 2) and out["g0"].shape == (200, 128)
     m = out["matches"]
     i = torch.nonzero(m >= 0)[:, 0]

@@ -35,6 +35,8 @@ class Entry:
 
 
 SHIPPED_AND_KNOWN = {
+    "hndesc": Entry("residual", "HNDesc recipe on the residual RootSIFT backbone (conf hndesc)",
+                    "python -m hndesc_features.training.train hndesc"),
     "hndesc_patch": Entry("hndesc_patch", "HNDesc patch CNN on DoG frames (stage-2 fine-tune)",
                           "python -m hndesc_features.training.train hndesc_patch_finetune"),
     "hndesc_patch_stage1": Entry("hndesc_patch", "HNDesc patch CNN, stage 1 (start of the fine-tune)",
