@@ -136,7 +136,7 @@ def test_hndesc_recipe_training_step_lowers_the_loss_on_real_pairs(webcam_root):
     """confs/train/hndesc.yaml (AP with in-batch hard negatives + mutual-NN term, stylization, colour
     augmentation) on a fixed batch of real webcam + photo pairs, from the recipe's initial weights: the
     loss falls, both terms are active, and same-scene webcam pairs are not each other's negatives."""
-    from hndesc_features.models.checkpoints import load_weights
+    from hndesc_features.models.checkpoints import WEIGHTS_DIR, load_weights
     from training.config import load_config
     from training.losses import residual as R
     from training.trainer import param_groups
@@ -148,7 +148,7 @@ def test_hndesc_recipe_training_step_lowers_the_loss_on_real_pairs(webcam_root):
     assert conf["loss"]["stylize"]["styles"] == "webcam" and conf["loss"]["augment"]["enable"]
     batch = _recipe_batch(conf)
     assert (batch["group"][:2] >= 0).all() and (batch["group"][2:] == -1).all()
-    model, _ = load_weights(conf["train"]["init_weights"], "residual",
+    model, _ = load_weights(WEIGHTS_DIR / conf["train"]["init_weights"], "residual",
                             {k: v for k, v in conf["model"].items() if k != "name"})
     model.train()
     loss_fn = R.Loss(conf["loss"])
