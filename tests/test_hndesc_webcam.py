@@ -137,7 +137,7 @@ def test_hndesc_recipe_training_step_lowers_the_loss_on_real_pairs(webcam_root):
     """confs/train/hndesc.yaml (AP with in-batch hard negatives + mutual-NN term, stylization, colour
     augmentation) on a fixed batch of real webcam + photo pairs, from the recipe's initial weights: the
     loss falls, both terms are active, and same-scene webcam pairs are not each other's negatives."""
-    from hndesc_features.models.checkpoints import load_weights
+    from hndesc_features.weights import PACKAGE_DIR as WEIGHTS_DIR, load_weights
     from hndesc_features.training.config import load_config
     from hndesc_features.training.losses import residual as R
     from hndesc_features.training.pipelines import residual as RP
