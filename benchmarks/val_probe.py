@@ -3,11 +3,11 @@ synthetic homographies), optionally with a photometric change on the second view
 to compare training recipes against the handcrafted baseline and the untrained network.
 
     python -m benchmarks.val_probe --method hndesc_patch --weights untrained,runs/x/x.pt --photometric
-    python -m benchmarks.val_probe --method wlrn --weights untrained,hndesc_features/weights/kcc_orb.pt
+    python -m benchmarks.val_probe --method kcc --weights untrained,hndesc_features/weights/kcc_orb.pt
     python -m benchmarks.val_probe --method residual --weights untrained,hndesc_features/weights/residual_sift.pt --diagnose
 
 ``--method hndesc_patch``: DoG frames + the patch backbone vs RootSIFT on the same detector
-(val conf of confs/train/hndesc_patch.yaml, RGB). ``--method wlrn``: ORB keypoints + the wlrn
+(val conf of confs/train/hndesc_patch.yaml, RGB). ``--method kcc`` (old name ``wlrn``): ORB keypoints + the KCC
 network vs raw ORB (val conf of confs/train/kcc_orb.yaml on the held-out photos, grayscale).
 ``--method residual``: the residual model on its own handcrafted keypoints vs RootSIFT on the same
 DoG detector (val conf of confs/train/residual_sift.yaml: scale 0.5–2, rotation ±45°, RGB).
@@ -36,7 +36,7 @@ import torch
 from .common import BenchmarkError, run_cli
 
 KEYS = ("mma@1", "mma@3", "homography@3", "matches")
-TRAIN_CONF = {"hndesc_patch": "hndesc_patch", "wlrn": "kcc_orb", "residual": "residual_sift"}
+TRAIN_CONF = {"hndesc_patch": "hndesc_patch", "kcc": "kcc_orb", "wlrn": "kcc_orb", "residual": "residual_sift"}  # wlrn: old name of kcc
 JITTERS = (0.0, 5.0, 10.0)
 
 
@@ -203,7 +203,8 @@ def main(argv=None) -> dict:
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.val_probe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--method", choices=sorted(TRAIN_CONF), required=True)
+    ap.add_argument("--method", choices=sorted(TRAIN_CONF), required=True,
+                    help="which model family to probe (kcc: the Markus KCC network; wlrn: its old name)")
     ap.add_argument("--weights", required=True, help="comma-separated weights files and/or 'untrained'")
     ap.add_argument("--photometric", action="store_true", help="photometric change on the second view")
     ap.add_argument("--n_pairs", type=int, default=12)
