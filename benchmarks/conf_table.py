@@ -139,12 +139,16 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--speed", type=Path, help="benchmarks.speed JSON (1024 px, CPU, one run)")
     p.add_argument("--webcam", type=Path, help="benchmarks.webcam JSON (dev scene)")
-    p.add_argument("--hpatches", type=Path, help="benchmarks.hpatches JSON (dev-HPatches)")
+    p.add_argument("--hpatches", type=Path, nargs="+", help="benchmarks.hpatches JSON(s) (dev-HPatches; several "
+                   "files of one campaign are merged, e.g. confs split over two processes)")
     p.add_argument("--strecha", type=Path, help="benchmarks.epipolar JSON (Strecha pairs)")
     p.add_argument("--readme", type=Path, help="rewrite the conftable block of this README")
     p.add_argument("--output", type=Path, help="also write the table to this markdown file")
     a = p.parse_args(argv)
-    block = table(_load(a.speed), _load(a.webcam), _load(a.hpatches), _load(a.strecha))
+    hp = {}
+    for f in a.hpatches or []:
+        hp.update(_load(f))
+    block = table(_load(a.speed), _load(a.webcam), hp, _load(a.strecha))
     if a.output:
         a.output.write_text(block)
     if a.readme:
