@@ -46,7 +46,12 @@ class HomographyPairs(BaseDataset):
         i, img = self.loader.load(index % len(self.paths))
         lo, hi = self.conf["resize"]
         img = resize_long_side(img, rng.uniform(lo, hi), min_side=self.min_side)
-        pair = sample_pair(to_tensor(img), self.hconf, rng)
+        return self.pair_sample(img, rng, seed, str(self.paths[i]))
+
+    def pair_sample(self, img, rng, seed, name: str, image1=None, extra: dict | None = None) -> dict:
+        """One training sample from an image (and, for real pairs, a registered second image that
+        view 1 is cut from): the one homography-pair sampler, then the photometric augmentation."""
+        pair = sample_pair(to_tensor(img), self.hconf, rng, image1=None if image1 is None else to_tensor(image1))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**31)))
             v0 = self.photo(pair["view0"])
@@ -55,5 +60,5 @@ class HomographyPairs(BaseDataset):
             "view0": v0.contiguous(), "view1": v1.contiguous(),
             "H_0to1": torch.from_numpy(pair["H_0to1"].astype(np.float32)),
             "valid0": torch.from_numpy(pair["valid0"]), "valid1": torch.from_numpy(pair["valid1"]),
-            "name": str(self.paths[i]), "seed": int(seed),
+            "name": name, "seed": int(seed), **(extra or {}),
         }

@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from ..geometry.homography import sample_pair
-from .base import resize_long_side, to_tensor
+from .base import resize_long_side
 from .homographies import HomographyPairs
 
 from .sources import DEFAULT_ROOT, FORBIDDEN_SCENES, TRAIN_SCENES, check_scenes, webcam_images  # noqa: F401
@@ -80,14 +78,5 @@ class WebcamPairs(HomographyPairs):
         side = rng.uniform(lo, hi)
         a = resize_long_side(a, side, min_side=self.min_side)
         b = resize_long_side(b, side, min_side=self.min_side)
-        pair = sample_pair(to_tensor(a), self.hconf, rng, image1=to_tensor(b))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2**31)))
-            v0 = self.photo(pair["view0"])
-            v1 = self.photo(pair["view1"])
-        return {
-            "view0": v0.contiguous(), "view1": v1.contiguous(),
-            "H_0to1": torch.from_numpy(pair["H_0to1"].astype(np.float32)),
-            "valid0": torch.from_numpy(pair["valid0"]), "valid1": torch.from_numpy(pair["valid1"]),
-            "name": str(self.paths[i]), "name1": str(self.paths[j]), "scene": self.scene[i], "seed": int(seed),
-        }
+        return self.pair_sample(a, rng, seed, str(self.paths[i]), image1=b,
+                                extra={"name1": str(self.paths[j]), "scene": self.scene[i]})
