@@ -158,9 +158,9 @@ def main(argv=None):
     parser = runner_parser(__doc__, "aachen_v1.1", "query→db pairs; skips retrieval (offline)",
                            retrieval_help="global conf (hloc's netvlad by default; our torchvision-free "
                                           "hf_netvlad when hloc's cannot import)")
-    parser.add_argument("--num_covis", type=int, default=20)
-    parser.add_argument("--num_loc", type=int, default=50)
-    parser.add_argument("--covisibility_clustering", action="store_true")
+    parser.add_argument("--num_covis", type=int, default=20, help='covisible database images per database image (triangulation pairs)')
+    parser.add_argument("--num_loc", type=int, default=50, help='retrieved database images per query')
+    parser.add_argument("--covisibility_clustering", action="store_true", help="hloc's covisibility clustering in localize_sfm")
     return runner_main(parser, argv, run, download, gt=True, as_half_help="store features in float16 (as hloc)")
 
 

@@ -61,12 +61,12 @@ def runner_parser(doc: str, name: str, pairs_help: str, retrieval_help: Optional
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=doc.split("\n\n", 1)[1])
-    parser.add_argument("--dataset", type=Path, default=Path(f"datasets/{name}"))
-    parser.add_argument("--outputs", type=Path, default=Path(f"outputs/{name}"))
+    parser.add_argument("--dataset", type=Path, default=Path(f"datasets/{name}"), help='dataset root (default datasets/<benchmark>)')
+    parser.add_argument("--outputs", type=Path, default=Path(f"outputs/{name}"), help='work and results folder (default outputs/<benchmark>)')
     if output_help is not None:
         parser.add_argument("--output", type=Path, help=output_help)
     parser.add_argument("--conf", help="feature conf (ours or hloc's)")
-    parser.add_argument("--matcher", default="NN-mutual")
+    parser.add_argument("--matcher", default="NN-mutual", help="matcher conf (ours or hloc's; default NN-mutual)")
     parser.add_argument("--retrieval", default="netvlad", help=retrieval_help or (
         "global conf (default netvlad: hloc's, or our torchvision-free hf_netvlad when hloc's cannot import)"))
     parser.add_argument("--pairs", type=Path, help=pairs_help)
@@ -79,7 +79,7 @@ def runner_main(parser: argparse.ArgumentParser, argv, run: Callable, download: 
     parser.add_argument("--as_half", action="store_true", help=as_half_help)
     if gt:
         parser.add_argument("--gt", type=Path, help="GT poses (results format) for a local evaluation")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help='recompute features/matches already in the work folder')
     parser.add_argument("--download", type=Path, metavar="DIR", help="fetch + unpack the dataset and exit")
     args = parser.parse_args(argv)
     if args.download:

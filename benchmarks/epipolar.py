@@ -171,11 +171,11 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--conf", required=True, help="comma-separated feature confs")
     p.add_argument("--output", required=True, help="output prefix (.json and .md are written)")
-    p.add_argument("--scenes", default=",".join(SCENES))
-    p.add_argument("--gaps", default="1,2,3")
-    p.add_argument("--matcher", default="NN-mutual")
+    p.add_argument("--scenes", default=",".join(SCENES), help='comma-separated Strecha scenes')
+    p.add_argument("--gaps", default="1,2,3", help='pair images i and i+gap for these gaps')
+    p.add_argument("--matcher", default="NN-mutual", help='matcher conf (default NN-mutual)')
     p.add_argument("--work_dir", default=None, help="feature/match cache (default: <output>_work)")
-    p.add_argument("--max_keypoints", type=int, default=None)
+    p.add_argument("--max_keypoints", type=int, default=None, help="override the confs' max_keypoints")
     p.add_argument("--estimator", default="ransac", choices=sorted(ESTIMATORS),
                    help="essential-matrix estimator of the pose AUC: OpenCV RANSAC (default) or USAC with local "
                         "optimisation ('lo')")

@@ -362,12 +362,12 @@ def main(argv=None):
     doc = __doc__
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=DATASETS, default="roxford5k")
+    parser.add_argument("--dataset", choices=DATASETS, default="roxford5k", help='revisited dataset')
     parser.add_argument("--data", type=Path, default=Path("datasets/revisitop"),
                         help="folder holding <dataset>/{jpg/,gnd_<dataset>.pkl}")
     parser.add_argument("--conf", help="local feature conf for the re-ranking (ours or hloc's); "
                                        "omit it to evaluate the global ranking only")
-    parser.add_argument("--matcher", default="NN-mutual")
+    parser.add_argument("--matcher", default="NN-mutual", help='matcher conf for the re-ranking (default NN-mutual)')
     parser.add_argument("--outputs", type=Path, help="work folder (default outputs/<dataset>)")
     parser.add_argument("--output", type=Path, help="results JSON (default <outputs>/results_<conf>_<matcher>.json)")
     parser.add_argument("--global", dest="global_conf", default="netvlad",
@@ -375,9 +375,9 @@ def main(argv=None):
     parser.add_argument("--global_features", type=Path, help="precomputed global-descriptor .h5 (hloc layout)")
     parser.add_argument("--shortlist", type=Path, help="precomputed shortlist: `query db` lines in rank order")
     parser.add_argument("--num_rerank", type=int, default=100, help="shortlist length re-ranked")
-    parser.add_argument("--ransac_thresh", type=float, default=3.0)
-    parser.add_argument("--as_half", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--ransac_thresh", type=float, default=3.0, help='fundamental-matrix RANSAC threshold (px) of the re-ranking')
+    parser.add_argument("--as_half", action="store_true", help='store features as float16')
+    parser.add_argument("--overwrite", action="store_true", help='recompute features/matches already in --outputs')
     parser.add_argument("--download", type=Path, metavar="DIR", help="fetch + unpack the dataset into DIR and exit")
     args = parser.parse_args(argv)
     if args.download:

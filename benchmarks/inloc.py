@@ -135,8 +135,8 @@ def run(args) -> dict:
 
 def main(argv=None):
     parser = runner_parser(__doc__, "inloc", "query→cutout pairs; skips retrieval (offline)")
-    parser.add_argument("--num_loc", type=int, default=40)
-    parser.add_argument("--skip_matches", type=int, default=20)
+    parser.add_argument("--num_loc", type=int, default=40, help='retrieved database images per query')
+    parser.add_argument("--skip_matches", type=int, default=20, help='localize_inloc: skip database images with fewer matches')
     return runner_main(parser, argv, run, download, gt=True)
 
 

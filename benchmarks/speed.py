@@ -261,17 +261,17 @@ def main(argv=None):
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--conf", required=True, help="feature conf(s), comma-separated")
     parser.add_argument("--sizes", default="640,1024,1600", help="long sides in px")
-    parser.add_argument("--devices", default="cpu,cuda")
+    parser.add_argument("--devices", default="cpu,cuda", help='comma-separated devices (cuda rows are skipped without CUDA)')
     parser.add_argument("--image", type=Path, help="photo to resize (default: a 3072 px Strecha image)")
-    parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=5, help='timed forward passes per measurement')
+    parser.add_argument("--warmup", type=int, default=1, help='untimed passes before timing')
     parser.add_argument("--threads", type=int, help="torch/OpenCV threads (default: library defaults)")
-    parser.add_argument("--sift_nfeatures", type=int, default=4096)
+    parser.add_argument("--sift_nfeatures", type=int, default=4096, help='nfeatures of the OpenCV SIFT reference row')
     parser.add_argument("--reference", default="rootsift",
                         help="conf the other rows' times are divided by (time ×ref columns; default rootsift)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every job this many times, interleaved, keep the fastest (shared machines)")
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True, help='results JSON (.md beside it)')
     args = parser.parse_args(argv)
     image = args.image or default_image()
     if not image.exists():

@@ -225,7 +225,7 @@ def main(argv=None):
                            output_help="results JSON (default: <outputs>/results_<conf>.json)")
     parser.add_argument("--num_loc", type=int, default=100, help="shortlist length")
     parser.add_argument("--pos_dist", type=float, help="positive radius in m (default: dbStruct's, 25)")
-    parser.add_argument("--ransac_thresh", type=float, default=3.0)
+    parser.add_argument("--ransac_thresh", type=float, default=3.0, help='fundamental-matrix RANSAC threshold (px) of the re-ranking')
     return runner_main(parser, argv, run_and_save, download)
 
 

@@ -207,7 +207,7 @@ def main(argv=None) -> dict:
                     help="which model family to probe (kcc: the Markus KCC network; wlrn: its old name)")
     ap.add_argument("--weights", required=True, help="comma-separated weights files and/or 'untrained'")
     ap.add_argument("--photometric", action="store_true", help="photometric change on the second view")
-    ap.add_argument("--n_pairs", type=int, default=12)
+    ap.add_argument("--n_pairs", type=int, default=12, help='validation pairs to probe')
     ap.add_argument("--diagnose", action="store_true",
                     help="also mutual-NN rates of keypoints with/without a correspondence (and, for hndesc_patch, "
                          "NN accuracy given exact frames)")

@@ -297,9 +297,9 @@ def main(argv=None):
                         help=f"comma-separated (default: the dev scene {DEV_SCENES[0]}; training scenes: "
                              f"{', '.join(TRAIN_SCENES)})")
     parser.add_argument("--output", type=Path, required=True, help="results JSON (.md and _mma.png beside it)")
-    parser.add_argument("--pairs_per_scene", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warp", default="none", choices=["none", "homography"])
+    parser.add_argument("--pairs_per_scene", type=int, default=60, help='pairs drawn per scene (stratified by time-of-day difference)')
+    parser.add_argument("--seed", type=int, default=0, help='seed of the pair sample (and of the homographies with --warp)')
+    parser.add_argument("--warp", default="none", choices=["none", "homography"], help='none: GT = identity; homography: warp the second image by a seeded homography (its GT)')
     parser.add_argument("--warp_strength", type=float, default=0.5, help="viewpoint homography strength in (0, 1]")
     parser.add_argument("--max_keypoints", type=int, help="keep the k best keypoints per image")
     parser.add_argument("--export_dir", type=Path, help="feature / warped-image cache (default: <output>_work)")

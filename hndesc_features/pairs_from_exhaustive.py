@@ -45,9 +45,9 @@ def main(output: Path, image_list: Optional[Union[Path, List[str]]] = None,
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--image_list", type=Path)
-    p.add_argument("--features", type=Path)
-    p.add_argument("--ref_list", type=Path)
-    p.add_argument("--ref_features", type=Path)
+    p.add_argument("--output", required=True, type=Path, help="output pairs file (one 'name0 name1' per line)")
+    p.add_argument("--image_list", type=Path, help='text file of image names to pair (else --features)')
+    p.add_argument("--features", type=Path, help='features .h5 whose image names are paired')
+    p.add_argument("--ref_list", type=Path, help='reference image names: pair every query with these only')
+    p.add_argument("--ref_features", type=Path, help='features .h5 of the reference images')
     main(**p.parse_args().__dict__)

@@ -74,7 +74,7 @@ def parse_sources(text: str) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hndesc_features.training.knn", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output", type=Path, required=True)
+    ap.add_argument("--output", type=Path, required=True, help='global-features .h5 to write')
     ap.add_argument("--backbone", default="small", help="HNDesc backbone (small | patch | caps | r2d2)")
     ap.add_argument("--weights", default=None, help="default: the shipped weights of the backbone")
     ap.add_argument("--images", default="dev_images:train",
