@@ -60,16 +60,21 @@ def _check_our_netvlad(conf: dict) -> None:
         return
     if model_name not in CHECKPOINT_URLS:
         raise BenchmarkError(f"Unknown NetVLAD model '{model_name}'; one of {sorted(CHECKPOINT_URLS)}.")
-    path = default_weights_path(model_name)
-    if not path.exists():
-        from .download import download_file
+    _ensure_netvlad_weights(default_weights_path(model_name), CHECKPOINT_URLS[model_name], model_name,
+                            f" (hloc's cache torch.hub.get_dir()/netvlad/, where {OURS_NETVLAD} looks too, "
+                            f"or set model.weights in the conf); {PAIRS_HINT}")
 
-        try:
-            download_file(CHECKPOINT_URLS[model_name], path,
-                          manual_hint=f" (hloc's cache torch.hub.get_dir()/netvlad/, where {OURS_NETVLAD} "
-                                      f"looks too, or set model.weights in the conf); {PAIRS_HINT}")
-        except BenchmarkError as e:
-            raise BenchmarkError(f"The NetVLAD weights {model_name}.mat are not cached. {e}") from None
+
+def _ensure_netvlad_weights(path: Path, url: str, model_name: str, hint: str) -> None:
+    """Download hloc's NetVLAD .mat to `path` unless it is there (one clear error when offline)."""
+    if path.exists():
+        return
+    from .download import download_file
+
+    try:
+        download_file(url, path, manual_hint=hint)
+    except BenchmarkError as e:
+        raise BenchmarkError(f"The NetVLAD weights {model_name}.mat are not cached. {e}") from None
 
 
 def _torch_version() -> str:
@@ -108,16 +113,8 @@ def check_global_model(conf: dict) -> None:
         urls = getattr(module.NetVLAD, "checkpoint_urls", {})
         if model_name not in urls:
             raise BenchmarkError(f"Unknown NetVLAD model '{model_name}'; one of {sorted(urls)}.")
-        path = Path(torch.hub.get_dir(), "netvlad", model_name + ".mat")
-        if not path.exists():
-            from .download import download_file
-
-            try:
-                download_file(urls[model_name], path,
-                              manual_hint=f" (hloc looks for it there: torch.hub.get_dir()/netvlad/); "
-                                          f"{PAIRS_HINT}")
-            except BenchmarkError as e:
-                raise BenchmarkError(f"The NetVLAD weights {model_name}.mat are not cached. {e}") from None
+        _ensure_netvlad_weights(Path(torch.hub.get_dir(), "netvlad", model_name + ".mat"), urls[model_name],
+                                model_name, f" (hloc looks for it there: torch.hub.get_dir()/netvlad/); {PAIRS_HINT}")
     else:
         from hloc.utils.base_model import dynamic_load
         from hloc import extractors
