@@ -34,7 +34,8 @@ class Entry:
     shipped: bool = True  # False: the user installs it (not in the package)
 
 
-SHIPPED_AND_KNOWN = {
+#: the registry: weights name -> Entry (shipped ones are files in this folder)
+REGISTRY = {
     "hndesc": Entry("residual", "HNDesc recipe on the residual RootSIFT backbone (conf hndesc)",
                     "python -m hndesc_features.training.train hndesc"),
     "hndesc_patch": Entry("hndesc_patch", "HNDesc patch CNN on DoG frames (stage-2 fine-tune)",
@@ -58,8 +59,6 @@ SHIPPED_AND_KNOWN = {
     "hndesc_r2d2": Entry("hndesc_r2d2", "the paper's HNDesc-R2D2 released checkpoint",
                          f"download it from {HNDESC_RELEASE}", shipped=False),
 }
-#: the registry: weights name -> Entry (shipped ones are files in this folder)
-REGISTRY = SHIPPED_AND_KNOWN
 SHIPPED = {k: v for k, v in REGISTRY.items() if v.shipped}
 #: old names that keep working
 ALIASES = {"wlrn_orb": "kcc_orb", "wlrn_orb_stage1": "kcc_orb_stage1"}
@@ -120,15 +119,14 @@ def load_model(weights: Union[None, str, Path], arch: str, default: Optional[str
     Our exported files (``hndesc_features.weights/1``) and, for the HNDesc backbones, the released
     checkpoints (``{"state_dict": ...}`` or a bare state dict) are accepted.
     """
-    from ..models.checkpoints import FORMAT, CheckpointError, build_model, load_weights, safe_load
+    from ..models.checkpoints import (FORMAT, CheckpointError, build_model, load_foreign_state, load_weights,
+                                      safe_load)
 
     path = resolve(weights, default, what=arch)
     obj = safe_load(path, "weights file")
     if obj.get("format") == FORMAT:
         model, _ = load_weights(path, arch, conf_override, obj=obj)
         return model, path
-    from ..models.checkpoints import load_foreign_state
-
     model = build_model(arch, conf_override or {})
     try:
         load_foreign_state(model, obj, str(path))
@@ -139,12 +137,10 @@ def load_model(weights: Union[None, str, Path], arch: str, default: Optional[str
 
 def installed() -> list[tuple[str, Path, bool]]:
     """(name, path, in user dir) of every weights file found, user dir first."""
-    out, seen = [], set()
+    out = []
     for folder, user in ((user_dir(), True), (PACKAGE_DIR, False)):
         if folder.is_dir():
-            for p in sorted(folder.glob("*.pt")):
-                out.append((p.stem, p, user))
-                seen.add(p.stem)
+            out += [(p.stem, p, user) for p in sorted(folder.glob("*.pt"))]
     return out
 
 

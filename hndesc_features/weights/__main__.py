@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import PACKAGE_DIR, REGISTRY, canonical, install, installed, resolve, user_dir
+from . import ENV_VAR, PACKAGE_DIR, REGISTRY, canonical, install, installed, resolve, user_dir
 
 
 def main(argv=None) -> int:
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         if a.cmd == "list":
-            print(f"user weights directory: {user_dir()}  (${'HNDESC_WEIGHTS_DIR'})")
+            print(f"user weights directory: {user_dir()}  (${ENV_VAR})")
             print(f"package weights:        {PACKAGE_DIR}")
             found = installed()
             shown = set()
