@@ -25,6 +25,14 @@ def to_gray_u8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def tensor_to_gray_u8(image: torch.Tensor) -> np.ndarray:
+    """C×H×W (or 1×C×H×W) float image in [0, 1] → H×W uint8: the pixels every detector sees, exactly
+    as the hf_sift / hf_surf extractors convert their input."""
+    img = image[0] if image.dim() == 4 else image
+    x = img.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    return to_gray_u8(x[..., 0] if x.shape[-1] == 1 else x)
+
+
 def sift_to_rootsift(desc: np.ndarray) -> np.ndarray:
     desc = desc / (np.abs(desc).sum(-1, keepdims=True) + EPS)
     desc = np.sqrt(desc.clip(min=0))
@@ -51,7 +59,7 @@ def _top_k(kps, max_keypoints: int):
     """Keypoints by decreasing response, ties in OpenCV's detection order (x, y ascending, size
     descending, angle ascending: the order of cv2's removeDuplicatedSorted), first `max_keypoints`."""
     if not kps:
-        return []
+        return [], np.zeros(0, np.int64)
     n = len(kps)
     resp = np.fromiter((k.response for k in kps), np.float64, n)
     size = np.fromiter((k.size for k in kps), np.float64, n)
@@ -187,7 +195,6 @@ def dog_keypoints(gray: np.ndarray, n: int, contrast_threshold: float = 0.005) -
 
 
 def cv2_gray(t: torch.Tensor) -> np.ndarray:
-    import cv2
-
+    """Training's tensor → gray (via rgb_u8's rounding; kept as is for the training pipelines)."""
     a = rgb_u8(t)
     return cv2.cvtColor(a, cv2.COLOR_RGB2GRAY)

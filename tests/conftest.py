@@ -90,3 +90,22 @@ def training_pairs(data_conf: dict, keys) -> list:
         pytest.skip("real training photos not found (../shared/data)")
     ds = build_dataset(data_conf, "train")
     return [ds[k] for k in keys]
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A local HTTP server over tmp_path/www (proxies unset): (folder, base URL) for download tests."""
+    import functools
+    import http.server
+    import threading
+
+    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()

@@ -3,12 +3,9 @@ clean failures when the network is unreachable (proxies pointed at a closed loca
 test ever reaches the internet)."""
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
@@ -20,21 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEAD = "http://127.0.0.1:9"
 OFFLINE_ENV = {"http_proxy": DEAD, "https_proxy": DEAD, "HTTP_PROXY": DEAD, "HTTPS_PROXY": DEAD,
                "no_proxy": "", "NO_PROXY": ""}
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    for k in list(OFFLINE_ENV):
-        monkeypatch.delenv(k, raising=False)
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
 
 
 def _zip(path: Path, files: dict):

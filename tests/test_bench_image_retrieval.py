@@ -4,15 +4,12 @@ real photos of three scenes (Strecha fountain-P11 and Herz-Jesus-P8, Sacré-Cœu
 cropped views, positives views of the same scene, negatives the other scenes."""
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import pickle
 import subprocess
 import sys
 import tarfile
-import threading
 from pathlib import Path
 
 import cv2
@@ -191,20 +188,6 @@ def test_empty_folder_is_a_clean_error(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "gnd_roxford5k.pkl" in p.stderr and "jpg/" in p.stderr and "--download" in p.stderr
     assert "revisitop" in p.stderr
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.delenv(k, raising=False)
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
 
 
 def test_download_flattens_the_paris_archives(server, tiny, tmp_path):

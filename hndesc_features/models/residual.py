@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hndesc_features.config import merge
+from hndesc_features.handcrafted import tensor_to_gray_u8 as to_gray_u8  # noqa: F401 (used and re-exported)
 
 from hndesc_features.models.sampling import normalize_keypoints
 
@@ -100,14 +101,6 @@ def context_descriptors(gray_u8: np.ndarray, det: dict, descriptor: str, scale: 
     integral = surf.integral_image(surf._to_gray255(gray_u8))
     theta = np.zeros(n) if upright else np.deg2rad(det["oris"].astype(np.float64))
     return surf.compute_descriptors(integral, det["keypoints"].astype(np.float64), sizes, theta)
-
-
-def to_gray_u8(image: torch.Tensor) -> np.ndarray:
-    """C×H×W float [0, 1] → H×W uint8, exactly as the hf_sift extractor converts its input."""
-    from hndesc_features.handcrafted import to_gray_u8 as _gray
-
-    x = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-    return _gray(x[..., 0] if x.shape[-1] == 1 else x)
 
 
 class VGGEncoder(nn.Module):

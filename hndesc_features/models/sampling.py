@@ -61,15 +61,6 @@ def sample_descriptors(dense: torch.Tensor, keypoints: torch.Tensor, image_hw: t
     return desc
 
 
-def image_to_gray_u8(image: torch.Tensor):
-    """1×C×H×W or C×H×W float image in [0, 1] → H×W uint8 (the pixels every detector sees)."""
-    from hndesc_features.handcrafted import to_gray_u8
-
-    img = image[0] if image.dim() == 4 else image
-    x = img.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-    return to_gray_u8(x[..., 0] if x.shape[-1] == 1 else x)
-
-
 def dog_detections(image: torch.Tensor, max_keypoints: int, contrast_threshold: float,
                    orientation_duplicates: bool) -> dict:
     """OpenCV DoG keypoints of one image as tensors on its device: keypoints N×2, scores, scales,
@@ -77,9 +68,9 @@ def dog_detections(image: torch.Tensor, max_keypoints: int, contrast_threshold: 
     that use the orientation); otherwise duplicates are merged (orientation-free descriptors)."""
     import numpy as np
 
-    from hndesc_features.handcrafted import detect_sift
+    from hndesc_features.handcrafted import detect_sift, tensor_to_gray_u8
 
-    det = detect_sift(image_to_gray_u8(image), max_keypoints, contrast_threshold,
+    det = detect_sift(tensor_to_gray_u8(image), max_keypoints, contrast_threshold,
                       upright=not orientation_duplicates, compute=False)
     return {k: torch.from_numpy(np.ascontiguousarray(det[k], dtype=np.float32)).to(image.device)
             for k in ("keypoints", "scores", "scales", "oris")}
