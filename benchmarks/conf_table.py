@@ -105,7 +105,7 @@ def table(speed: dict, webcam: dict, hpatches: dict, strecha: dict) -> str:
     from hndesc_features.confs import ALIASES, feature_confs
 
     confs = {n: c for n, c in feature_confs().items() if n not in ALIASES["features"]}
-    # results stored under an old conf name count for the new one (wlrn_orb → kcc_orb)
+    # results stored under an alias count for its conf (wlrn_orb → kcc_orb)
     sp, wc, hp, st = ({ALIASES["features"].get(k, k): v for k, v in t.items()} for t in
                       (_speed(speed), _webcam(webcam), _hpatches_v(hpatches), _strecha(strecha)))
     confs = {n: confs[n] for n in [*[o for o in ORDER if o in confs], *sorted(set(confs) - set(ORDER))]}

@@ -14,7 +14,7 @@ import yaml
 
 #: hloc's model names for our extractors are `hf_<module>` (module = hndesc_features/extractors/<module>.py)
 HLOC_PREFIX = "hf_"
-#: old conf names that keep working (same conf as their target)
+#: conf aliases (same conf as their target)
 ALIASES = {"features": {"wlrn_orb": "kcc_orb"}, "matchers": {}}
 
 

@@ -238,9 +238,9 @@ def test_not_hpatches_layout_is_a_clear_error(tmp_path):
 
 
 def test_match_errors_bins_add_up_and_agree_with_mma(bench):
-    """benchmarks.match_errors on the same dev set: every match is correct or wrong in exactly one
+    """benchmarks.experiments.match_errors on the same dev set: every match is correct or wrong in exactly one
     bin, the pooled precision agrees with the MMA protocol's matches, and real wrong matches exist."""
-    from benchmarks import match_errors as me
+    from benchmarks.experiments import match_errors as me
 
     out = bench["tmp"] / "errs" / "E.json"
     res = me.main(["--dataset_dir", str(bench["root"]), "--conf", bench["conf"], "--max_keypoints", "4096",

@@ -135,7 +135,7 @@ def test_our_matching_equals_hlocs(two_photos, tmp_path):
 
 @requires_hloc
 def test_surf_sfm_through_hloc_registers_sacre_coeur(sacre_coeur, tmp_path):
-    """The issue's acceptance run: hloc CLI with --conf surf, hloc NN-mutual, hloc reconstruction."""
+    """The acceptance run: hloc CLI with --conf surf, hloc NN-mutual, hloc reconstruction."""
     run_py(["-m", "hloc.extract_features", "--conf", "surf", "--image_dir", str(sacre_coeur),
             "--export_dir", str(tmp_path)])
     code = f"""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.common import BenchmarkError
-from benchmarks.hndesc_ablation import ABLATIONS, feature_conf, main, markdown
+from benchmarks.experiments.hndesc_ablation import ABLATIONS, feature_conf, main, markdown
 from hndesc_features.training.config import load_config
 
 

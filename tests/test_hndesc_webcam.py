@@ -1,4 +1,4 @@
-"""hndesc = the HNDesc recipe on the residual backbone (issue 14): webcam illumination pairs, the shared
+"""hndesc = the HNDesc recipe on the residual backbone: webcam illumination pairs, the shared
 homography sampler with a registered second image, webcam styles / validation, the recipe's loss, the conf."""
 from __future__ import annotations
 

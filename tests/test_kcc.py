@@ -428,7 +428,7 @@ def test_hloc_loads_hf_kcc(random_weights):
             "g = cv2.cvtColor(d.astronaut(), cv2.COLOR_RGB2GRAY)\n"
             "o = m({'image': torch.from_numpy(g).float()[None, None] / 255})\n"
             "print('OK', M.__module__, M.__name__, tuple(o['descriptors'].shape))\n"
-            # old names keep working: the conf wlrn_orb and the hloc model name hf_wlrn
+            # aliases work: the conf wlrn_orb and the hloc model name hf_wlrn
             "assert e.confs['wlrn_orb']['model'] == conf['model']\n"
             "O = dynamic_load(hloc.extractors, 'hf_wlrn')\n"
             f"o2 = O({{'weights': {str(random_weights)!r}, 'max_keypoints': 100}})({{'image': torch.from_numpy(g).float()[None, None] / 255}})\n"

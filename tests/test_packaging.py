@@ -6,21 +6,32 @@ import sysconfig
 import sys
 import zipfile
 
+import pytest
+
 from conftest import ROOT, hloc_available, run_py
 
 
-def test_wheel_contents_and_hook(tmp_path):
+@pytest.fixture(scope="module")
+def wheel_install(tmp_path_factory):
+    """The wheel built from this checkout (non-editable) and a `pip install --target` of it, made once
+    for the tests of this module: (wheel file, install target)."""
+    tmp = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    str(ROOT), "-w", str(tmp_path / "w")], check=True, capture_output=True)
-    wheel = next((tmp_path / "w").glob("hndesc_features-*.whl"))
+                    str(ROOT), "-w", str(tmp / "w")], check=True, capture_output=True)
+    wheel = next((tmp / "w").glob("hndesc_features-*.whl"))
+    target = tmp / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    str(wheel)], check=True, capture_output=True)
+    return wheel, target
+
+
+def test_wheel_contents_and_hook(wheel_install, tmp_path):
+    wheel, target = wheel_install
     names = zipfile.ZipFile(wheel).namelist()
     assert "hndesc_features_hloc.pth" in names and "hndesc_features_hloc.start" in names
     for conf in ("rootsift", "rootsift_upright", "surf", "orb"):
         assert f"hndesc_features/_confs/features/{conf}.yaml" in names
     assert "hndesc_features/training/trainer.py" in names or "hndesc_features/training/__init__.py" in names
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                    str(wheel)], check=True, capture_output=True)
     # a fresh interpreter that sees only the installed copy (not the source tree) for our package
     # (-S: no site processing, so the editable install's finder is absent; the dependencies come
     # from this environment's site-packages appended without running its .pth files)
@@ -69,21 +80,14 @@ def test_wheel_contents_and_hook(tmp_path):
     assert "HOOK False" in p.stdout, p.stdout + p.stderr
 
 
-def test_wheel_install_trains_a_shipped_config_by_name(tmp_path):
+def test_wheel_install_trains_a_shipped_config_by_name(wheel_install, tmp_path):
     """Installed from a built wheel (not editable), `python -m hndesc_features.training.train NAME`
     finds the config inside the wheel, trains and exports."""
     from conftest import SHARED
 
     if not SHARED.is_dir():
-        import pytest
-
         pytest.skip(f"real training photos not found at {SHARED}")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    str(ROOT), "-w", str(tmp_path / "w")], check=True, capture_output=True)
-    wheel = next((tmp_path / "w").glob("hndesc_features-*.whl"))
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                    str(wheel)], check=True, capture_output=True)
+    _, target = wheel_install
     purelib = sysconfig.get_paths()["purelib"]
     run_dir = tmp_path / "run"
     code = ("import site, sys, runpy\n"

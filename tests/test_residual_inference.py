@@ -21,7 +21,7 @@ cv2.setNumThreads(1)
 
 
 def reference_sift(gray, max_keypoints, contrast_threshold=0.005, root=True, upright=False):
-    """The previous detect_sift: detect, stable sort by response (ties: detection order), compute."""
+    """The straightforward detect_sift: detect, stable sort by response (ties: detection order), compute."""
     sift = cv2.SIFT_create(nfeatures=0, contrastThreshold=contrast_threshold)
     kps = sift.detect(gray, None)
     if upright:
@@ -43,7 +43,7 @@ def reference_sift(gray, max_keypoints, contrast_threshold=0.005, root=True, upr
 
 
 def reference_context(gray, det, scale):
-    """The previous context_descriptors (one cv2.KeyPoint constructor call per keypoint)."""
+    """The straightforward context_descriptors (one cv2.KeyPoint constructor call per keypoint)."""
     sizes = det["scales"].astype(np.float64) * scale
     octv = _sift_octave(sizes)
     kps = [cv2.KeyPoint(float(x), float(y), float(sz), float(a), 0.0, int((o & 255) | (1 << 8)))

@@ -1,10 +1,10 @@
-"""benchmarks.val_curves on real (tiny) training runs of the shared trainer, mutual-NN loss included."""
+"""benchmarks.experiments.val_curves on real (tiny) training runs of the shared trainer, mutual-NN loss included."""
 from __future__ import annotations
 
 import pytest
 
 from benchmarks.common import BenchmarkError
-from benchmarks.val_curves import main, val_series
+from benchmarks.experiments.val_curves import main, val_series
 from test_training_trainer import tiny_conf
 from hndesc_features.training.trainer import run
 

@@ -1,4 +1,4 @@
-"""benchmarks.val_probe --diagnose: the descriptor measured apart from the detector (exact frames),
+"""benchmarks.experiments.val_probe --diagnose: the descriptor measured apart from the detector (exact frames),
 and mutual-NN rates of keypoints with / without a correspondence, on real photos."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def pairs():
 
 
 def test_frame_probe_measures_the_descriptor_given_exact_frames(pairs):
-    from benchmarks.val_probe import frame_probe, rootsift_at
+    from benchmarks.experiments.val_probe import frame_probe, rootsift_at
 
     r = frame_probe(rootsift_at, pairs, jitters=(0.0, 10.0, 30.0), max_keypoints=300)
     assert set(r) == {"gt_nn@0", "gt_nn@10", "gt_nn@30"}
@@ -47,7 +47,7 @@ def _unit(x):
 
 
 def test_mutual_rates_split_keypoints_by_correspondence(pairs):
-    from benchmarks.val_probe import _baseline, mutual_rates
+    from benchmarks.experiments.val_probe import _baseline, mutual_rates
     from hndesc_features.training.validation import evaluate_pairs
 
     _, rootsift = _baseline("hndesc_patch")
@@ -68,7 +68,7 @@ def test_residual_probe_shipped_weights_have_fewer_spurious_mutual_matches(pairs
     """--method residual: the shipped residual_sift weights against their own initialisation
     ('untrained': the training run's step 0, SIFT + SIFT-context) on real photo pairs. Training
     removed mutual matches of keypoints that have no correspondence and kept the correct ones."""
-    from benchmarks.val_probe import _extractor, mutual_rates
+    from benchmarks.experiments.val_probe import _extractor, mutual_rates
     from hndesc_features.weights import PACKAGE_DIR as WEIGHTS_DIR
 
     shipped = WEIGHTS_DIR / "residual_sift.pt"
@@ -80,7 +80,7 @@ def test_residual_probe_shipped_weights_have_fewer_spurious_mutual_matches(pairs
 
 
 def test_val_probe_cli_refuses_unknown_method(capsys):
-    from benchmarks.val_probe import main
+    from benchmarks.experiments.val_probe import main
 
     with pytest.raises(SystemExit):
         main(["--method", "superpoint", "--weights", "untrained"])

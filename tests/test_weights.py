@@ -30,7 +30,7 @@ def test_every_shipped_name_is_a_file_that_loads_into_its_architecture():
 def test_resolve_order_aliases_and_errors(user_dir, tmp_path):
     assert registry.resolve(None, "residual_sift") == registry.PACKAGE_DIR / "residual_sift.pt"
     assert registry.resolve("residual_sift.pt") == registry.PACKAGE_DIR / "residual_sift.pt"
-    assert registry.resolve("wlrn_orb") == registry.PACKAGE_DIR / "kcc_orb.pt"  # old name
+    assert registry.resolve("wlrn_orb") == registry.PACKAGE_DIR / "kcc_orb.pt"  # alias
     # a file installed under a shipped name wins over the shipped one
     user_dir.mkdir()
     (user_dir / "residual_sift.pt").write_bytes((registry.PACKAGE_DIR / "residual_sift.pt").read_bytes())

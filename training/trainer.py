@@ -57,7 +57,7 @@ DEFAULT_TRAIN = {
     # the plain average over this many fixed training batches (drawn once, apart from the training
     # stream), instead of the momentum average of the last few steps. With the default momentum
     # average the validation of a BN model moves with the last batches even when no weight changes
-    # (docs/hndesc.md, session 5); 0: off (models without BN are never touched)
+    # (docs/hndesc.md); 0: off (models without BN are never touched)
     "precise_bn": 0,
     # fine-tuning: start from an exported weights file (`python -m hndesc_features.training.export`, or a shipped one by
     # its file name, e.g. hndesc_patch.pt) instead of the initialisation; its architecture must fit the

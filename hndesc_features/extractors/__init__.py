@@ -10,7 +10,7 @@ import inspect
 from pathlib import Path
 
 from ..confs import HLOC_PREFIX
-from ..hloc.hook import EXTRACTOR_ALIASES as ALIASES  # old hloc model names (hf_wlrn → kcc.py)
+from ..hloc.hook import EXTRACTOR_ALIASES as ALIASES  # hloc model-name aliases (hf_wlrn → kcc.py)
 
 EXTRACTORS_DIR = Path(__file__).resolve().parent
 

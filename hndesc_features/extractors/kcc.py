@@ -1,5 +1,5 @@
 """Markuš et al. KCC descriptors on OpenCV ORB keypoints as an hloc extractor (hloc name: hf_kcc;
-the old name hf_kcc still works). The model and its inference (ORB keypoints → 32×32 patches of
+alias: hf_wlrn). The model and its inference (ORB keypoints → 32×32 patches of
 side 1.5 × size rotated by the ORB angle → 128-d) live in hndesc_features/models/kcc.py.
 """
 import torch

@@ -22,7 +22,7 @@ class Residual(BaseModel):
         "hessian_threshold": 30.0,  # SURF
         # inference-only speed/quality trade-off: the CNN reads the image pooled by 1/cnn_scale
         # (None: the value the weights were trained with; 0.25 instead of 0.5 ≈ -5 % CPU time, see
-        # NOTES_speed.md / benchmarks/results/residual_tradeoff.md)
+        # docs/speed.md / benchmarks/results/residual_tradeoff.md)
         "cnn_scale": None,
     }
     required_inputs = ["image"]

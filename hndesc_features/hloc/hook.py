@@ -29,7 +29,7 @@ from pathlib import Path
 PREFIX = "hloc.extractors.hf_"
 EXTRACT_MODULE = "hloc.extract_features"
 EXTRACTORS_DIR = Path(__file__).resolve().parent.parent / "extractors"
-EXTRACTOR_ALIASES = {"wlrn": "kcc"}  # old hloc model names (hf_wlrn) served from their new file
+EXTRACTOR_ALIASES = {"wlrn": "kcc"}  # hloc model-name aliases (hf_wlrn) served from their target's file
 INJECT_LINE = "__import__('hndesc_features.hloc', fromlist=['inject_confs']).inject_confs(confs)"
 
 

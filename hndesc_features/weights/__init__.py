@@ -60,7 +60,7 @@ REGISTRY = {
                          f"download it from {HNDESC_RELEASE}", shipped=False),
 }
 SHIPPED = {k: v for k, v in REGISTRY.items() if v.shipped}
-#: old names that keep working
+#: aliases of registry names
 ALIASES = {"wlrn_orb": "kcc_orb", "wlrn_orb_stage1": "kcc_orb_stage1"}
 
 

@@ -2,7 +2,7 @@
 convergence comparison of the residual paper (residual model vs the CNN-only "*" model from the
 same start), or any other set of runs of the shared trainer.
 
-    python -m benchmarks.val_curves runs/residual_sift runs/residual_sift_star \
+    python -m benchmarks.experiments.val_curves runs/residual_sift runs/residual_sift_star \
         --output benchmarks/results/residual_curves.png [--metric mma@3]
 
 Reads each run's metrics.jsonl (the values also sent to TensorBoard); the validation pairs are the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import BenchmarkError, run_cli
+from ..common import BenchmarkError, run_cli
 
 
 def val_series(run: Path, metric: str) -> tuple[list, list]:

@@ -1,8 +1,8 @@
 """Speed / quality of cheaper variants of the residual descriptor, with the SHIPPED weights (no
-retraining), for the issue-14 speed target (residual ≤ 1.5× RootSIFT at 1024 px, one thread).
+retraining), for the speed target (residual ≤ 1.5× RootSIFT at 1024 px, one thread).
 
-    python -m benchmarks.residual_tradeoff_probe speed [ITERS]      # CPU ms, interleaved, vs rootsift
-    python -m benchmarks.residual_tradeoff_probe webcam VARIANT -- <benchmarks.webcam arguments>
+    python -m benchmarks.experiments.residual_tradeoff_probe speed [ITERS]      # CPU ms, interleaved, vs rootsift
+    python -m benchmarks.experiments.residual_tradeoff_probe webcam VARIANT -- <benchmarks.webcam arguments>
 
 Variants (the inference path of hndesc_features/models/residual.py, patched in this process only):
 - ``full``: the shipped residual_sift;
@@ -66,7 +66,7 @@ def use(variant: str):
 
 
 def speed(iters: int) -> dict:
-    from benchmarks.speed import _load_image, default_image
+    from ..speed import _load_image, default_image
     from hndesc_features.confs import feature_confs
     from hndesc_features.extractors import load_model
 
@@ -100,11 +100,13 @@ def speed(iters: int) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "speed":
+    if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+    elif len(sys.argv) >= 2 and sys.argv[1] == "speed":
         print(json.dumps(speed(int(sys.argv[2]) if len(sys.argv) > 2 else 7), indent=1))
     elif len(sys.argv) >= 3 and sys.argv[1] == "webcam":
         use(sys.argv[2])
-        from benchmarks import webcam
+        from .. import webcam
 
         webcam.main([a for a in sys.argv[3:] if a != "--"])
     else:

@@ -2,7 +2,7 @@
 augmentation vs stylization vs both), trained with the short schedule of
 ``confs/train/hndesc_ablation/`` and measured with the HPatches MMA protocol.
 
-    python -m benchmarks.hndesc_ablation --dataset_dir datasets/dev-hpatches \\
+    python -m benchmarks.experiments.hndesc_ablation --dataset_dir datasets/dev-hpatches \\
         --output benchmarks/results/hndesc_ablation.json [--only in_pair,gd] [--max_keypoints 1024]
 
 For every ablation: ``python -m hndesc_features.training.train hndesc_ablation/<name> --output <runs>/<name> --resume``
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from .common import BenchmarkError, logger, run_cli, write_json
-from .hpatches import D2NET_EXCLUDED, dataset_root, list_sequences, plot_mma, run_conf
+from ..common import BenchmarkError, logger, run_cli, write_json
+from ..hpatches import D2NET_EXCLUDED, dataset_root, list_sequences, plot_mma, run_conf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ABLATIONS = {  # name → (group, what changes)
     "in_pair": ("mining", "negatives from the anchor's pair only"),
     "in_batch": ("mining", "negatives from the other pairs of the batch"),
@@ -89,7 +89,7 @@ def untrained_weights(folder: Path, seed: int = 0) -> Path:
 
 
 def rootsift_conf(max_keypoints: int, folder: Path) -> Path:
-    from .common import resolve_feature_conf
+    from ..common import resolve_feature_conf
 
     conf = resolve_feature_conf("rootsift")
     conf["model"]["max_keypoints"] = max_keypoints

@@ -3,7 +3,7 @@ bins — its keypoint has *no* correspondence in the other image (no keypoint wi
 its true position: not repeated by the detector, or outside the other view) or it has one and the
 descriptor picked another keypoint.
 
-    python -m benchmarks.match_errors --dataset_dir /tmp/full/dev-hpatches --conf rootsift,hndesc \
+    python -m benchmarks.experiments.match_errors --dataset_dir /tmp/full/dev-hpatches --conf rootsift,hndesc \
         --max_keypoints 1024 --output benchmarks/results/match_errors.json
 
 Per split (i / v), averaged over image pairs: mutual matches, correct ones (≤ --threshold px),
@@ -20,10 +20,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .common import BenchmarkError, read_features, run_cli
+from ..common import BenchmarkError, read_features, run_cli
 from hndesc_features.geometry import mutual_nn, warp_points
 
-from .hpatches import _max_kp_override, dataset_root, image_file, list_sequences, read_homography, top_k
+from ..hpatches import _max_kp_override, dataset_root, image_file, list_sequences, read_homography, top_k
 
 FIELDS = ("matches", "correct", "wrong_no_correspondence", "wrong_with_correspondence", "keypoints_with_correspondence")
 
@@ -63,9 +63,9 @@ def evaluate(root: Path, seqs, feature_path: Path, max_keypoints, threshold: flo
 
 
 def main(argv=None) -> dict:
-    from .common import extract, resolve_feature_conf, slug
+    from ..common import extract, resolve_feature_conf, slug
 
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.match_errors", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.experiments.match_errors", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset_dir", type=Path, required=True, help="folder in HPatches layout")
     ap.add_argument("--conf", required=True, help="feature conf name(s) or YAML file(s), comma-separated")

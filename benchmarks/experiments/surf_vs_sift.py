@@ -1,6 +1,6 @@
 """Our SURF (hndesc_features.surf) against OpenCV SIFT / RootSIFT on synthetic homographies.
 
-    python -m benchmarks.surf_vs_sift [--methods surf64,surf128,usurf64,sift,rootsift]
+    python -m benchmarks.experiments.surf_vs_sift [--methods surf64,surf128,usurf64,sift,rootsift]
         [--pairs 3] [--resize 1024] [--rotation 30] [--scale 0.7 1.4] [--perspective 0.1]
         [--max-keypoints 2048] [--seed 0] [--output surf_vs_sift.json]
 
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from hndesc_features.geometry import homography_error, mutual_nn, reprojection_errors
 
-from .common import BenchmarkError, logger, run_cli
+from ..common import BenchmarkError, logger, run_cli
 
 METHODS = ["surf64", "surf128", "usurf64", "sift", "rootsift"]
 
@@ -162,7 +162,7 @@ def format_table(res: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.surf_vs_sift",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.experiments.surf_vs_sift",
                                  description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--methods", default=",".join(METHODS),

@@ -2,12 +2,12 @@
 synthetic homographies), optionally with a photometric change on the second view — the check used
 to compare training recipes against the handcrafted baseline and the untrained network.
 
-    python -m benchmarks.val_probe --method hndesc_patch --weights untrained,runs/x/x.pt --photometric
-    python -m benchmarks.val_probe --method kcc --weights untrained,hndesc_features/weights/kcc_orb.pt
-    python -m benchmarks.val_probe --method residual --weights untrained,hndesc_features/weights/residual_sift.pt --diagnose
+    python -m benchmarks.experiments.val_probe --method hndesc_patch --weights untrained,runs/x/x.pt --photometric
+    python -m benchmarks.experiments.val_probe --method kcc --weights untrained,hndesc_features/weights/kcc_orb.pt
+    python -m benchmarks.experiments.val_probe --method residual --weights untrained,hndesc_features/weights/residual_sift.pt --diagnose
 
 ``--method hndesc_patch``: DoG frames + the patch backbone vs RootSIFT on the same detector
-(val conf of confs/train/hndesc_patch.yaml, RGB). ``--method kcc`` (old name ``wlrn``): ORB keypoints + the KCC
+(val conf of confs/train/hndesc_patch.yaml, RGB). ``--method kcc`` (alias ``wlrn``): ORB keypoints + the KCC
 network vs raw ORB (val conf of confs/train/kcc_orb.yaml on the held-out photos, grayscale).
 ``--method residual``: the residual model on its own handcrafted keypoints vs RootSIFT on the same
 DoG detector (val conf of confs/train/residual_sift.yaml: scale 0.5–2, rotation ±45°, RGB).
@@ -22,7 +22,7 @@ Photometric changes (severity 0.8) cycle through benchmarks.photometric's types,
   view-0 keypoints *with* a correspondence (a view-1 keypoint within 3 px of its true position) that are
   correctly mutual-NN matched, and the share of those *without* one that still get a (necessarily wrong)
   mutual match. MMA = correct / (correct + wrong), so it falls when ``mnn_nocorr`` rises even if the
-  descriptor matches better (docs/hndesc.md, session 5).
+  descriptor matches better (docs/hndesc.md).
 """
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import BenchmarkError, run_cli
+from ..common import BenchmarkError, run_cli
 
 KEYS = ("mma@1", "mma@3", "homography@3", "matches")
-TRAIN_CONF = {"hndesc_patch": "hndesc_patch", "kcc": "kcc_orb", "wlrn": "kcc_orb", "residual": "residual_sift"}  # wlrn: old name of kcc
+TRAIN_CONF = {"hndesc_patch": "hndesc_patch", "kcc": "kcc_orb", "wlrn": "kcc_orb", "residual": "residual_sift"}  # wlrn: alias of kcc
 JITTERS = (0.0, 5.0, 10.0)
 
 
@@ -44,7 +44,7 @@ def _pairs(method: str, n_pairs: int, photometric: bool) -> list:
     from hndesc_features.training.config import load_config
     from hndesc_features.training.validation import make_pairs
 
-    from .photometric import PHOTOMETRIC_TYPES, apply_change, rng_for
+    from ..photometric import PHOTOMETRIC_TYPES, apply_change, rng_for
 
     conf = load_config(TRAIN_CONF[method])["val"]
     conf = dict(conf, source={"name": "dev_images", "split": "heldout"}, n_pairs=n_pairs)
@@ -139,7 +139,7 @@ def mutual_rates(extract, pairs: list, threshold: float = 3.0) -> dict:
     """``mnn_corr``: share of view-0 keypoints with a correspondence (a view-1 keypoint within
     ``threshold`` px of the true position) that are correctly mutual-NN matched; ``mnn_nocorr``: share
     of keypoints without one that get a mutual match anyway (all wrong). Counts from
-    ``benchmarks.match_errors.pair_errors``, the HPatches protocol's own binning."""
+    ``benchmarks.experiments.match_errors.pair_errors``, the HPatches protocol's own binning."""
     from .match_errors import pair_errors
 
     corr, nocorr = [], []
@@ -201,10 +201,10 @@ def _extractor(method: str, weights: str):
 def main(argv=None) -> dict:
     from hndesc_features.training.validation import evaluate_pairs
 
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.val_probe", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.experiments.val_probe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", choices=sorted(TRAIN_CONF), required=True,
-                    help="which model family to probe (kcc: the Markus KCC network; wlrn: its old name)")
+                    help="which model family to probe (kcc: the Markus KCC network; wlrn: alias of kcc)")
     ap.add_argument("--weights", required=True, help="comma-separated weights files and/or 'untrained'")
     ap.add_argument("--photometric", action="store_true", help="photometric change on the second view")
     ap.add_argument("--n_pairs", type=int, default=12, help='validation pairs to probe')
