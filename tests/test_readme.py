@@ -1,17 +1,18 @@
-"""The README's hloc block runs verbatim, and the test command in the README is the one CI runs."""
+"""The README's hloc path (bash and Python blocks) runs verbatim, and the test command in the README is the one CI runs."""
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
 
-import h5py
+import numpy as np
 
 from conftest import ROOT, requires_hloc, run_py
 
 
-def _block(name: str) -> str:
+def _block(name: str, lang: str = "bash") -> str:
     text = (ROOT / "README.md").read_text()
-    m = re.search(rf"<!-- {name}:begin -->\s*```bash\n(.*?)```\s*<!-- {name}:end -->", text, re.S)
+    m = re.search(rf"<!-- {name}:begin -->\s*```{lang}\n(.*?)```\s*<!-- {name}:end -->", text, re.S)
     assert m, f"README has no {name} block"
     return m.group(1)
 
@@ -23,21 +24,56 @@ def test_ci_runs_the_readme_test_command():
     assert len(readme.splitlines()) <= 250
 
 
-@requires_hloc
-def test_readme_hloc_block_runs_verbatim(tmp_path, two_photos):
-    import shutil
+# Four Sacré-Cœur photos that see the same facade, and a fifth one to localize against their model.
+MAPPING = ["02928139_3448003521.jpg", "44120379_8371960244.jpg", "71295362_4051449754.jpg", "93341989_396310999.jpg"]
+QUERY = "17295357_9106075285.jpg"
 
-    shutil.copytree(two_photos, tmp_path / "images")
-    lines = [ln for ln in _block("hloc-usage").splitlines() if ln.strip()]
-    assert len(lines) == 3
-    for line in lines:
+
+@requires_hloc
+def test_readme_hloc_path_runs_verbatim(tmp_path, sacre_coeur):
+    """Extract → pairs → match → reconstruction (bash block) → localize (Python block), as written."""
+    import pycolmap
+
+    (tmp_path / "images" / "mapping").mkdir(parents=True)
+    (tmp_path / "images" / "query").mkdir()
+    for n in MAPPING:
+        shutil.copy(sacre_coeur / n, tmp_path / "images" / "mapping" / n)
+    shutil.copy(sacre_coeur / QUERY, tmp_path / "images" / "query" / QUERY)
+
+    block = _block("hloc-usage")
+    commands = [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert [shlex.split(c)[2] for c in commands] == ["hloc.extract_features", "hloc.pairs_from_exhaustive",
+                                                     "hloc.match_features", "hloc.reconstruction"]
+    for line in commands:
         args = shlex.split(line)
         assert args[:2] == ["python", "-m"], line
         run_py(args[1:], cwd=tmp_path)
-    pairs = (tmp_path / "outputs" / "pairs.txt").read_text().split()
-    assert sorted(pairs) == ["motorcycle_left.jpg", "motorcycle_right.jpg"]
-    matches = next((tmp_path / "outputs").glob("*NN-mutual*pairs.h5"))
-    with h5py.File(matches) as f:
-        grp = f[next(iter(f))]
-        m0 = grp[next(iter(grp))]["matches0"][()]
-    assert (m0 > -1).sum() > 100  # the two motorcycle photos share a lot
+    # every file a step's comment names exists
+    named = re.findall(r"-> (outputs/\S+)", block)
+    assert len(named) == 4, named
+    for path in named:
+        m = re.match(r"(.*)\{(.*)\}(.*)", path)
+        for p in ([m[1] + x + m[3] for x in m[2].split(",")] if m else [path]):
+            assert (tmp_path / p).exists(), p
+    pairs = (tmp_path / "outputs" / "pairs-sfm.txt").read_text().splitlines()
+    assert len(pairs) == 6 and {n for p in pairs for n in p.split()} == set(MAPPING)
+
+    model = pycolmap.Reconstruction(tmp_path / "outputs" / "sfm")
+    assert model.num_reg_images() == len(MAPPING)  # all four photos of the facade register
+    assert model.num_points3D() > 300
+
+    p = run_py(["-c", _block("hloc-localize", "python")], cwd=tmp_path)
+    m = re.search(rf"{QUERY}: localized with (\d+) inliers of (\d+) matches", p.stdout)
+    assert m, p.stdout[-2000:] + p.stderr[-2000:]
+    assert int(m[1]) >= 50 and int(m[1]) <= int(m[2])
+    (line,) = (tmp_path / "outputs" / "poses.txt").read_text().splitlines()
+    name, *values = line.split()
+    assert name == QUERY and len(values) == 7
+    q = np.array(values[:4], float)
+    assert abs(np.linalg.norm(q) - 1) < 1e-6
+    # the query sees the same facade: its camera centre lies among the mapping cameras, not far off
+    R = pycolmap.Rotation3d(np.r_[q[1:], q[0]]).matrix()
+    centre = -R.T @ np.array(values[4:], float)
+    centres = np.array([img.projection_center() for img in model.images.values()])
+    spread = np.linalg.norm(centres - centres.mean(0), axis=1).max()
+    assert np.linalg.norm(centre - centres.mean(0)) < 3 * spread
