@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_py
-from hndesc_features.compare import BAR_HEIGHT, FIG_DPI, FIG_WIDTH, PAIR_HEIGHT
+from hndesc_features.compare import BAR_HEIGHT, FIG_DPI, FIG_WIDTH, PAIR_HEIGHT, cli, run
 
 CONFS = ["hndesc", "rootsift", "orb"]
 # two Sacré-Cœur photos of the same facade from different places, and a copy of the first
@@ -63,26 +63,29 @@ def test_table_and_picture(compared):
     assert png.std() > 20  # photos and bars, not a blank page
 
 
-def test_homography_and_pairs_file(tmp_path, sacre_coeur):
+def test_homography_and_pairs_file(tmp_path, sacre_coeur, capsys):
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(sacre_coeur / A, images / "a.jpg")
     shutil.copy(sacre_coeur / A, images / "b.jpg")
     (tmp_path / "pairs.txt").write_text("a.jpg b.jpg\n")
-    p = run_py(["-m", "hndesc_features.compare", "--images", str(images), "--pairs", str(tmp_path / "pairs.txt"),
-                "--confs", "orb", "--homography", "--resize_max", "320", "--output", str(tmp_path / "out")])
+    cli(["--images", str(images), "--pairs", str(tmp_path / "pairs.txt"), "--confs", "orb", "--homography",
+         "--resize_max", "320", "--output", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "compare.json").read_text())
-    assert report["model"] == "homography" and "inliers/pair (homography)" in p.stdout
+    assert report["model"] == "homography" and "inliers/pair (homography)" in capsys.readouterr().out
     (r,) = report["confs"][0]["pairs"]
     assert r["inlier_ratio"] > 0.95 and r["inliers"] > 300
 
 
-def test_errors_are_one_line(tmp_path, sacre_coeur):
-    p = run_py(["-m", "hndesc_features.compare", "--images", str(sacre_coeur), "--confs", "hndesc,nosuch"],
-               check=False)
-    assert p.returncode == 2 and "unknown conf(s) nosuch" in p.stderr and "rootsift" in p.stderr
+def test_errors_are_one_line(tmp_path, sacre_coeur, capsys, caplog):
+    with pytest.raises(SystemExit) as e:
+        cli(["--images", str(sacre_coeur), "--confs", "hndesc,nosuch"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown conf(s) nosuch" in err and "rootsift" in err
     (tmp_path / "one").mkdir()
     shutil.copy(sacre_coeur / A, tmp_path / "one" / A)
+    with pytest.raises(ValueError, match="holds 1 image.*need at least 2"):
+        run(tmp_path / "one", ["orb"], tmp_path / "out")
     p = run_py(["-m", "hndesc_features.compare", "--images", str(tmp_path / "one"), "--confs", "orb",
                 "--output", str(tmp_path / "out")], check=False)
     assert p.returncode == 1 and "need at least 2" in p.stderr and "Traceback" not in p.stderr
