@@ -2,12 +2,13 @@
 with --strict. libjpeg alone decodes its first part and fills the rest with grey."""
 from __future__ import annotations
 
+import logging
 import shutil
 
 import cv2
 import pytest
 
-from conftest import run_py
+from hndesc_features import extract_features
 from hndesc_features.confs import get_feature_conf
 from hndesc_features.io import ImageReadError, list_h5_names, read_image
 
@@ -34,17 +35,28 @@ def test_truncated_jpeg_is_detected_though_opencv_decodes_it(folder):
     assert (read_image(folder / "trailing.jpg") == read_image(folder / "good.jpg")).all()
 
 
-def test_cli_skips_a_truncated_jpeg_with_a_warning(folder, tmp_path):
-    conf = "orb"  # fast; the check is in the shared image reader, the same for every conf
-    p = run_py(["-m", "hndesc_features.extract_features", "--conf", conf, "--image_dir", str(folder),
-                "--export_dir", str(tmp_path / "o")])
-    assert "cut.jpg: truncated JPEG" in p.stderr and "Skipped 1 unreadable image(s)" in p.stderr
-    names = list_h5_names(tmp_path / "o" / (get_feature_conf(conf)["output"] + ".h5"))
-    assert names == ["good.jpg", "trailing.jpg"]
+@pytest.fixture
+def log(caplog):
+    """Records of the package logger (it does not propagate to the root logger)."""
+    logger = logging.getLogger("hndesc_features")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
-def test_cli_strict_fails_on_a_truncated_jpeg(folder, tmp_path):
-    p = run_py(["-m", "hndesc_features.extract_features", "--conf", "orb", "--image_dir", str(folder),
-                "--export_dir", str(tmp_path / "o"), "--strict"], check=False)
-    assert p.returncode == 1
-    assert "cut.jpg: truncated JPEG" in p.stderr and "Traceback" not in p.stderr
+def test_extraction_skips_a_truncated_jpeg_with_a_warning(folder, tmp_path, log):
+    conf = get_feature_conf("orb")  # fast; the check is in the shared image reader, the same for every conf
+    path = extract_features.main(conf, folder, tmp_path / "o", progress=False)
+    assert list_h5_names(path) == ["good.jpg", "trailing.jpg"]
+    warnings = [r.getMessage() for r in log.records if r.levelno == logging.WARNING]
+    assert any("cut.jpg: truncated JPEG" in w for w in warnings)
+    assert any(w.startswith("Skipped 1 unreadable image(s)") for w in warnings)
+
+
+def test_strict_extraction_fails_on_a_truncated_jpeg(folder, tmp_path, log):
+    with pytest.raises(SystemExit) as e:
+        extract_features.cli(["--conf", "orb", "--image_dir", str(folder), "--export_dir", str(tmp_path / "o"),
+                              "--strict"])
+    assert e.value.code == 1
+    (error,) = [r.getMessage() for r in log.records if r.levelno == logging.ERROR]
+    assert "cut.jpg: truncated JPEG" in error and "\n" not in error
