@@ -161,15 +161,16 @@ def draw(results: list[dict], masks: list[dict], image_dir: Path, pair, path: Pa
     for k, (key, label) in enumerate((("keypoints_per_image", "keypoints / image"),
                                       ("matches_per_pair", "mutual matches / pair"),
                                       ("inliers_per_pair", f"RANSAC inliers / pair ({model_kind})"))):
-        ax.bar(x + (k - 1) * 0.27, [r[key] for r in results], 0.27, label=label)
+        bars = ax.bar(x + (k - 1) * 0.27, [r[key] for r in results], 0.27, label=label)
+    for bar, r in zip(bars, results):  # the inlier ratio above each inlier bar
+        ax.annotate(f"{100 * r['inlier_ratio']:.0f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, [r["conf"] for r in results])
-    ax.legend(fontsize=8)
-    ax.set_title("mean over images / pairs")
-    ax2 = fig.add_subplot(grid[0, 1])
-    ax2.bar(x, [r["inlier_ratio"] for r in results], color="tab:green")
-    ax2.set_xticks(x, [r["conf"] for r in results], rotation=45, ha="right", fontsize=8)
-    ax2.set_ylim(0, 1)
-    ax2.set_title("inlier ratio")
+    ax.margins(y=0.15)
+    legend = fig.add_subplot(grid[0, 1])
+    legend.axis("off")
+    legend.legend(*ax.get_legend_handles_labels(), loc="center", fontsize=8)
+    ax.set_title("mean over images / pairs (% above the inliers: inlier ratio)", fontsize=10)
     if pair is not None:
         (img0, s0), (img1, s1) = _small(image_dir, pair[0]), _small(image_dir, pair[1])
         for i, (r, m) in enumerate(zip(results, masks)):
@@ -185,7 +186,7 @@ def draw(results: list[dict], masks: list[dict], image_dir: Path, pair, path: Pa
                          f"{r['conf']}: {pair[0]} – {pair[1]}: {int(inl.sum())} inliers of {len(inl)} matches "
                          f"(drawn: {len(idx)} inliers in green, {len(out)} outliers in red)")
             axp.title.set_fontsize(9)
-    fig.subplots_adjust(left=0.04, right=0.98, top=0.97, bottom=0.02, hspace=0.3)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.97, bottom=0.02, hspace=0.3)
     fig.savefig(path, dpi=FIG_DPI)
     plt.close(fig)
     return path
