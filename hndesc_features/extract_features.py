@@ -5,9 +5,8 @@
 Same semantics as `hloc.extract_features` (images already in the file are skipped unless
 --overwrite; keypoints rescaled to the original resolution; --as_half stores float16), plus:
 unreadable images (empty, not an image, truncated JPEG, too small) are named, skipped and listed
-at the end (--strict fails instead); a killed run
-leaves a readable .h5 and the rerun resumes; a second process writing the same .h5 gets a clear
-error.
+at the end (--strict fails instead); a killed run leaves a readable .h5 and the rerun resumes; a
+second process writing the same .h5 gets a clear error.
 """
 from __future__ import annotations
 
