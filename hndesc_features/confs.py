@@ -14,6 +14,8 @@ import yaml
 
 #: hloc's model names for our extractors are `hf_<module>` (module = hndesc_features/extractors/<module>.py)
 HLOC_PREFIX = "hf_"
+#: the conf every CLI, the demo and the README use when none is named
+DEFAULT_FEATURE_CONF = "hndesc"
 #: conf aliases (same conf as their target)
 ALIASES = {"features": {"wlrn_orb": "kcc_orb"}, "matchers": {}}
 

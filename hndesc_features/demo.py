@@ -1,6 +1,6 @@
 """Extract and match two images, then write a match picture — the package's default job.
 
-    python -m hndesc_features.demo --output demo_out [--conf hndesc] [--image0 A --image1 B]
+    python -m hndesc_features.demo --output demo_out [--conf CONF] [--image0 A --image1 B]
 
 Without --image0/--image1 it uses a real photo that ships with matplotlib (grace_hopper.jpg) and
 a copy of it under a known homography and a darkening: the report then also gives the share of
@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from . import logger
-from .confs import feature_confs, get_feature_conf, get_matcher_conf
+from .confs import DEFAULT_FEATURE_CONF, feature_confs, get_feature_conf, get_matcher_conf
 from .extract_features import main as extract
 from .match_features import main as match, names_to_pair
 from .pairs_from_exhaustive import main as make_pairs
@@ -49,6 +49,21 @@ def sample_matches(n: int, k: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
+def plot_matches(ax, img0, img1, kp0, kp1, correct, title: str):
+    """Draw two images side by side on `ax` with the given matches (green: correct, red: wrong)."""
+    h = max(img0.shape[0], img1.shape[0])
+    canvas = np.zeros((h, img0.shape[1] + img1.shape[1], 3), np.uint8)
+    canvas[: img0.shape[0], : img0.shape[1]] = img0
+    canvas[: img1.shape[0], img0.shape[1]:] = img1
+    ax.imshow(canvas)
+    for (x0, y0), (x1, y1), ok in zip(kp0, kp1, correct):
+        ax.plot([x0, x1 + img0.shape[1]], [y0, y1], "-", lw=1.0,
+                color=(0.1, 0.85, 0.2) if ok else (0.95, 0.15, 0.15), alpha=0.85)
+        ax.plot([x0, x1 + img0.shape[1]], [y0, y1], "o", ms=2.5, color="yellow", alpha=0.9)
+    ax.axis("off")
+    ax.set_title(title)
+
+
 def draw_matches(img0, img1, kp0, kp1, correct, path: Path, title: str):
     """Side-by-side picture of the given matches (green: correct, red: wrong)."""
     import matplotlib
@@ -57,17 +72,9 @@ def draw_matches(img0, img1, kp0, kp1, correct, path: Path, title: str):
     import matplotlib.pyplot as plt
 
     h = max(img0.shape[0], img1.shape[0])
-    canvas = np.zeros((h, img0.shape[1] + img1.shape[1], 3), np.uint8)
-    canvas[: img0.shape[0], : img0.shape[1]] = img0
-    canvas[: img1.shape[0], img0.shape[1]:] = img1
-    fig = plt.figure(figsize=(12, 12 * h / canvas.shape[1] + 0.6), dpi=100)
-    plt.imshow(canvas)
-    for (x0, y0), (x1, y1), ok in zip(kp0, kp1, correct):
-        plt.plot([x0, x1 + img0.shape[1]], [y0, y1], "-", lw=1.0,
-                 color=(0.1, 0.85, 0.2) if ok else (0.95, 0.15, 0.15), alpha=0.85)
-        plt.plot([x0, x1 + img0.shape[1]], [y0, y1], "o", ms=2.5, color="yellow", alpha=0.9)
-    plt.axis("off")
-    plt.title(title)
+    w = img0.shape[1] + img1.shape[1]
+    fig = plt.figure(figsize=(12, 12 * h / w + 0.6), dpi=100)
+    plot_matches(fig.gca(), img0, img1, kp0, kp1, correct, title)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
@@ -118,25 +125,13 @@ def run(conf_name: str, output: Path, image0=None, image1=None, draw: int = 80) 
     return report
 
 
-def default_conf() -> str:
-    """hndesc when its weights are found, else rootsift."""
-    from . import weights as registry
-
-    try:
-        model = get_feature_conf("hndesc")["model"]
-        registry.resolve(model.get("weights"), f"hndesc_{model['backbone']}" if "backbone" in model else "hndesc")
-        return "hndesc"
-    except Exception:
-        return "rootsift"
-
-
 def cli(argv=None):
     from .confs import help_epilog
 
     p = argparse.ArgumentParser(prog="python -m hndesc_features.demo", description=__doc__.split("\n\n")[0],
                                 epilog=help_epilog("features"), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--conf", default=None, choices=sorted(feature_confs()), metavar="CONF",
-                   help="feature conf (default: hndesc if its weights are installed, else rootsift)")
+    p.add_argument("--conf", default=DEFAULT_FEATURE_CONF, choices=sorted(feature_confs()), metavar="CONF",
+                   help=f"feature conf (default: {DEFAULT_FEATURE_CONF})")
     p.add_argument("--output", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     p.add_argument("--image0", type=Path, help="first image (default: a built-in real photo)")
     p.add_argument("--image1", type=Path, help="second image (default: a warped, darkened copy of the first)")
@@ -145,7 +140,7 @@ def cli(argv=None):
     if (a.image0 is None) != (a.image1 is None):
         p.error("give both --image0 and --image1, or neither")
     try:
-        report = run(a.conf or default_conf(), a.output, a.image0, a.image1, a.draw)
+        report = run(a.conf, a.output, a.image0, a.image1, a.draw)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         logger.error(str(e))
         sys.exit(1)

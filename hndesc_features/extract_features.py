@@ -1,12 +1,12 @@
 """Extract local features into an hloc feature file, with hloc's flags and .h5 layout.
 
-    python -m hndesc_features.extract_features --conf rootsift --image_dir D --export_dir E
+    python -m hndesc_features.extract_features --conf hndesc --image_dir D --export_dir E
 
 Same semantics as `hloc.extract_features` (images already in the file are skipped unless
 --overwrite; keypoints rescaled to the original resolution; --as_half stores float16), plus:
-unreadable images are named, skipped and listed at the end (--strict fails instead); a killed run
-leaves a readable .h5 and the rerun resumes; a second process writing the same .h5 gets a clear
-error.
+unreadable images (empty, not an image, truncated JPEG, too small) are named, skipped and listed
+at the end (--strict fails instead); a killed run leaves a readable .h5 and the rerun resumes; a
+second process writing the same .h5 gets a clear error.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from . import logger
-from .confs import feature_confs
+from .confs import DEFAULT_FEATURE_CONF, feature_confs
 from .io import (FeatureJournal, FileLockedError, ImageReadError, exclusive_lock, list_h5_names,
                  original_size, read_image)
 
@@ -229,13 +229,15 @@ def build_parser(confs: dict) -> argparse.ArgumentParser:
     parser.add_argument("--image_dir", type=Path, required=True, help="folder of images (searched recursively)")
     parser.add_argument("--export_dir", type=Path, required=True,
                         help="output folder; features go to <export_dir>/<conf output>.h5")
-    parser.add_argument("--conf", type=str, default="rootsift", choices=list(confs.keys()), metavar="CONF",
-                        help="feature conf (listed below; default: rootsift)")
+    parser.add_argument("--conf", type=str, default=DEFAULT_FEATURE_CONF, choices=list(confs.keys()), metavar="CONF",
+                        help=f"feature conf (listed below; default: {DEFAULT_FEATURE_CONF})")
     parser.add_argument("--as_half", action="store_true", help="store keypoints/descriptors as float16 (as hloc)")
     parser.add_argument("--image_list", type=Path, help="text file of image names (relative to image_dir) to extract")
     parser.add_argument("--feature_path", type=Path, help="explicit output .h5 path (overrides export_dir/<output>.h5)")
     parser.add_argument("--overwrite", action="store_true", help="re-extract images already in the .h5")
-    parser.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on the first unreadable image (empty, not an image, truncated JPEG, too small) "
+                             "instead of warning, skipping it and listing it at the end")
     return parser
 
 

@@ -1,5 +1,6 @@
 """Geometry shared by training, validation and benchmarks: one home for point warps, mutual
-nearest-neighbour matching, MMA and the homography corner error.
+nearest-neighbour matching, MMA, the homography corner error and RANSAC (homography or fundamental
+matrix).
 
 Conventions: points are N×2 (x, y) pixel coordinates with pixel centres at integer coordinates
 (hloc's); homographies map view 0 to view 1 (``x1 ~ H x0``); descriptors are L2-normalised rows.
@@ -67,19 +68,40 @@ def corner_error(H_est, H_gt, hw: tuple[int, int]) -> float:
     return float(np.linalg.norm(warp_points(c, H_est) - warp_points(c, H_gt), axis=-1).mean())
 
 
+def estimate_geometry(p0: np.ndarray, p1: np.ndarray, model: str = "homography", ransac_px: float = 3.0,
+                      confidence: float = 0.999, seed=None):
+    """OpenCV RANSAC of K×2 correspondences → (matrix, K-bool inlier mask); (None, all-False) with
+    too few points (4 for a homography, 8 for a fundamental matrix) or on failure.
+
+    model: "homography" (x1 ~ H x0: planar scenes, pure rotation) or "fundamental" (x1ᵀ F x0 = 0:
+    any static 3D scene; ransac_px is then the distance to the epipolar line). seed: cv2.setRNGSeed
+    first (repeatable benchmarks)."""
+    import cv2
+
+    p0, p1 = np.asarray(p0, np.float64).reshape(-1, 2), np.asarray(p1, np.float64).reshape(-1, 2)
+    none = (None, np.zeros(len(p0), bool))
+    if model not in ("homography", "fundamental"):
+        raise ValueError(f"Unknown geometric model {model!r}: use 'homography' or 'fundamental'.")
+    if len(p0) < (4 if model == "homography" else 8):
+        return none
+    if seed is not None:
+        cv2.setRNGSeed(int(seed))
+    if model == "homography":
+        M, mask = cv2.findHomography(p0, p1, cv2.RANSAC, ransac_px, maxIters=2000, confidence=confidence)
+    else:
+        M, mask = cv2.findFundamentalMat(p0, p1, cv2.FM_RANSAC, ransac_px, confidence, 2000)
+        if M is not None and M.shape != (3, 3):  # several solutions stacked: keep the first
+            M = M[:3]
+    if M is None or mask is None:
+        return none
+    return M, mask.ravel().astype(bool)
+
+
 def estimate_homography(p0: np.ndarray, p1: np.ndarray, ransac_px: float = 3.0, confidence: float = 0.999,
                         seed=None):
     """OpenCV RANSAC homography of K×2 correspondences (None with fewer than 4 or on failure);
     ``seed``: cv2.setRNGSeed first (repeatable benchmarks)."""
-    import cv2
-
-    if len(p0) < 4:
-        return None
-    if seed is not None:
-        cv2.setRNGSeed(int(seed))
-    H, _ = cv2.findHomography(np.asarray(p0, np.float64), np.asarray(p1, np.float64), cv2.RANSAC, ransac_px,
-                              maxIters=2000, confidence=confidence)
-    return H
+    return estimate_geometry(p0, p1, "homography", ransac_px, confidence, seed)[0]
 
 
 def homography_error(kp0, kp1, H_gt, hw, ransac_px: float = 3.0) -> float:

@@ -40,6 +40,33 @@ def image_size_from_header(path: Path):
         return None
 
 
+JPEG_EOI = b"\xff\xd9"
+
+
+def jpeg_truncation(path: Path) -> str | None:
+    """Why a JPEG file is truncated (libjpeg would decode only its first part and fill the rest with
+    grey, with a warning only on stderr), or None when it is complete or not a JPEG.
+
+    A complete JPEG ends with the end-of-image marker FF D9. Files without it at the end (some
+    cameras append data after it) are decoded by Pillow, which raises on missing image data.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return None
+        f.seek(max(0, path.stat().st_size - 64))
+        tail = f.read().rstrip(b"\x00\r\n\t ")
+    if tail.endswith(JPEG_EOI):
+        return None
+    from PIL import Image  # a matplotlib dependency
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:
+        return f"truncated JPEG, only partly decodable ({type(e).__name__}: {e})"
+    return None
+
+
 def read_image(path, grayscale: bool = False, target_max: int | None = None) -> np.ndarray:
     """Read like hloc.utils.io.read_image; raises ImageReadError with a clear reason.
 
@@ -51,6 +78,9 @@ def read_image(path, grayscale: bool = False, target_max: int | None = None) -> 
         raise ImageReadError(f"{path}: file does not exist")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes)")
+    truncated = jpeg_truncation(path)
+    if truncated:
+        raise ImageReadError(f"{path}: {truncated}")
     mode = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
     size = image_size_from_header(path)
     if size is not None and target_max and size[0] * size[1] > LARGE_IMAGE_PIXELS:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from . import logger
-from .confs import matcher_confs
+from .confs import DEFAULT_FEATURE_CONF, feature_confs, matcher_confs
 from .io import exclusive_lock
 from .matching import nearest_neighbor
 
@@ -124,8 +124,10 @@ def cli(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=Path, required=True, help="pairs file (one 'name0 name1' per line)")
     parser.add_argument("--export_dir", type=Path, help="folder holding <features>.h5; matches are written there")
-    parser.add_argument("--features", type=str, default="feats-hf-rootsift-n4096-r1024",
-                        help="features name in export_dir (a feature conf's output) or a path to an .h5")
+    default_features = feature_confs()[DEFAULT_FEATURE_CONF]["output"]
+    parser.add_argument("--features", type=str, default=default_features,
+                        help="features name in export_dir (a feature conf's output) or a path to an .h5 "
+                             f"(default: {default_features}, the output of the default conf {DEFAULT_FEATURE_CONF})")
     parser.add_argument("--matches", type=Path, help="explicit output matches .h5 path")
     parser.add_argument("--conf", type=str, default="NN-mutual", choices=list(confs.keys()), metavar="CONF",
                         help="matcher conf (listed below; default: NN-mutual)")
