@@ -87,6 +87,8 @@ def apply_env(confs: dict) -> list[str]:
             model["keypoints"] = spec
             conf["output"] = output_with_source(conf["output"], spec)
             changed.append(name)
+    sys.stderr.write(f"[hndesc_features] {ENV_VAR}={spec}: confs {', '.join(changed)} describe those keypoints "
+                     "(the others detect their own)\n")
     return changed
 
 
