@@ -83,7 +83,7 @@ def apply_env(confs: dict) -> list[str]:
     changed = []
     for name, conf in confs.items():
         model = conf.get("model", {})
-        if reuses_keypoints(model):
+        if reuses_keypoints(model) and name != spec:  # the source conf itself still detects
             model["keypoints"] = spec
             conf["output"] = output_with_source(conf["output"], spec)
             changed.append(name)

@@ -79,6 +79,16 @@ def test_hloc_cli_puts_descriptors_on_existing_keypoints(large_images, tmp_path)
         assert d.shape == (128, len(kp)) and np.isfinite(d).all()
         np.testing.assert_allclose(np.linalg.norm(d, axis=0), 1.0, atol=1e-4)
         assert len(np.unique(d.round(4), axis=1).T) > 0.5 * len(kp)  # not one constant vector
+    # one of hloc's own conf names resolves through hloc's conf table to its file in the export dir
+    import shutil
+
+    from hloc.extract_features import confs as hloc_confs
+
+    shutil.copy(out / "feats-hf-rootsift-n4096-r1024.h5", out / f"{hloc_confs['superpoint_aachen']['output']}.h5")
+    run_py([*base, "--conf", "hndesc_small"], env_extra={"HNDESC_KEYPOINTS": "superpoint_aachen"})
+    sp = read_h5(out / "feats-hf-hndesc-small-kp-superpoint_aachen-r1024.h5")
+    assert np.array_equal(sp["land.jpg/keypoints"][0], src["land.jpg/keypoints"][0])
+    np.testing.assert_array_equal(sp["land.jpg/descriptors"][0], dst["land.jpg/descriptors"][0])
     # a conf name whose file is missing: the error says what to run
     p = run_py([*base, "--conf", "hndesc_small"], env_extra={"HNDESC_KEYPOINTS": "orb"}, check=False)
     assert p.returncode != 0 and "hloc.extract_features --conf orb" in p.stderr
