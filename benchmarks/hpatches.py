@@ -16,7 +16,16 @@ Protocols (`--protocols mma,homography`, both by default):
   images, mutual-NN matches, OpenCV RANSAC homography (3 px); Cor-ε = share of pairs whose mean
   corner error ≤ ε (1, 3, 5 px); matching score = correct matches (≤ 3 px) over keypoints in the
   shared region, averaged over both directions.
-Writes R.json (`{conf: {"mma": {"all": [MMA@1..10], "i": …, "v": …}, "homography": {...}}}`),
+- paper (`--protocols paper`: the HNDesc paper's tables, as its official evaluation computes them):
+  MMA@1..10 at full resolution with every keypoint the conf detects (max_keypoints -1), mutual
+  NN, reported per split and as avg = (i + v) / 2; homography estimation and matching score at a
+  fixed 640×480: every image resized to exactly 640×480 (PIL bicubic, the descriptor's
+  preprocessing; GT homographies scaled by diag(sx, sy)), the 1000 best keypoints per image;
+  Cor-ε (ε = 1, 3, 5 px, mean corner error) from mutual-NN matches of the keypoints seen in the
+  other image, OpenCV RANSAC (3 px, 5000 iterations), fewer than 4 matches = failure; matching
+  score = share of each image's nearest-neighbour matches (not mutual) within 3 px of the GT, over
+  those that land inside the other image, averaged over both directions.
+Writes R.json (`{conf: {"mma": {"all": [MMA@1..10], "i": …, "v": …}, "homography": {...}, "paper": {...}}}`),
 R.md (tables) and R_mma.png (MMA curves). Features are cached in --export_dir (resumable).
 """
 from __future__ import annotations
@@ -50,6 +59,9 @@ IMAGE_EXTS = (".ppm", ".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff")
 MMA_THRESHOLDS = tuple(range(1, 11))
 SP_SETTINGS = {"240x320": ((240, 320), 300), "480x640": ((480, 640), 1000)}
 COR_THRESHOLDS = (1, 3, 5)
+#: the HNDesc paper's HPatches protocol: fixed size (h, w), keypoints per image there, RANSAC
+PAPER_SIZE, PAPER_KEYPOINTS, PAPER_RANSAC = (480, 640), 1000, {"px": 3.0, "max_iters": 5000, "confidence": 0.995}
+PROTOCOLS = ("mma", "homography", "paper")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,8 +259,13 @@ def _scale_matrix(sx: float, sy: float) -> np.ndarray:
     return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
 
 
-def prepare_resized(root: Path, seqs: Sequence[str], out: Path, size) -> Path:
-    """Copy of the sequences resized to size = (h, w) as PNG, homographies adjusted."""
+def prepare_resized(root: Path, seqs: Sequence[str], out: Path, size, paper: bool = False) -> Path:
+    """Copy of the sequences resized to size = (h, w) as PNG, homographies adjusted.
+
+    paper: as the HNDesc evaluation does it: PIL bicubic resize, H scaled by diag(sx, sy) (no
+    half-pixel offset); else OpenCV area / linear and pixel-centre scaling."""
+    from PIL import Image
+
     h, w = size
     out = Path(out)
     for seq in seqs:
@@ -262,7 +279,13 @@ def prepare_resized(root: Path, seqs: Sequence[str], out: Path, size) -> Path:
             img = cv2.imread(str(image_file(root / seq, k)), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
             if img is None:
                 raise BenchmarkError(f"Cannot read {image_file(root / seq, k)}.")
-            S[k] = _scale_matrix(w / img.shape[1], h / img.shape[0])
+            sx, sy = w / img.shape[1], h / img.shape[0]
+            if paper:
+                S[k] = np.diag([sx, sy, 1.0])
+                rgb = Image.fromarray(img[:, :, ::-1]).resize((w, h), Image.BICUBIC)
+                cv2.imwrite(str(d / f"{k}.png"), np.asarray(rgb)[:, :, ::-1])
+                continue
+            S[k] = _scale_matrix(sx, sy)
             interp = cv2.INTER_AREA if img.shape[1] > w else cv2.INTER_LINEAR
             cv2.imwrite(str(d / f"{k}.png"), cv2.resize(img, (w, h), interpolation=interp))
         for k in range(2, 7):
@@ -297,6 +320,98 @@ def evaluate_homography(root: Path, seqs: Sequence[str], feature_path: Path, siz
             "all": summary(rows["i"] + rows["v"]), "i": summary(rows["i"]), "v": summary(rows["v"])}
 
 
+def _inside(kp: np.ndarray, H: np.ndarray, size) -> np.ndarray:
+    """Keypoints whose warp by H falls in [0, w) × [0, h) (the paper's shared-region test)."""
+    h, w = size
+    q = warp_points(kp, H)
+    return (q[:, 0] >= 0) & (q[:, 0] < w) & (q[:, 1] >= 0) & (q[:, 1] < h)
+
+
+def nearest_neighbours(d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+    """Index in d1 of the nearest neighbour of every row of d0 (L2-normalised: max dot product)."""
+    if len(d1) == 0:
+        return np.zeros(0, np.int64)
+    return np.asarray(np.argmax(np.asarray(d0, np.float32) @ np.asarray(d1, np.float32).T, 1), np.int64)
+
+
+def paper_matching_score(f0: dict, f1: dict, H: np.ndarray, size, thresh: float = 3.0) -> float:
+    """The paper's matching score: every keypoint's nearest neighbour in the other image (both ways);
+    correct within `thresh` px; denominator: matches that land inside the other image."""
+    h, w = size
+
+    def one_way(fa, fb, H_ba):  # matches a→b, b's point moved into a by H_ba
+        if len(fa["keypoints"]) == 0 or len(fb["keypoints"]) == 0:
+            return 0.0
+        nn = nearest_neighbours(fa["descriptors"], fb["descriptors"])
+        p = warp_points(fb["keypoints"][nn], H_ba)
+        vis = (p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0) & (p[:, 1] <= h - 1)
+        ok = np.linalg.norm(p - fa["keypoints"], axis=1) < thresh
+        return float(np.sum(ok & vis) / max(np.sum(vis), 1))
+
+    return 0.5 * (one_way(f0, f1, np.linalg.inv(H)) + one_way(f1, f0, H))
+
+
+def paper_homography_pair(f0: dict, f1: dict, H: np.ndarray, size) -> dict:
+    """The paper's homography estimation on one pair (images of size (h, w)): mutual NN of the
+    keypoints seen in the other image, RANSAC, mean corner error (inf when it fails)."""
+    k0, k1 = _inside(f0["keypoints"], H, size), _inside(f1["keypoints"], np.linalg.inv(H), size)
+    kp0, kp1 = f0["keypoints"][k0], f1["keypoints"][k1]
+    m = mutual_nn(f0["descriptors"][k0], f1["descriptors"][k1])
+    err = float("inf")
+    if len(m) >= 4:
+        cv2.setRNGSeed(0)
+        H_est, _ = cv2.findHomography(kp0[m[:, 0]].astype(np.float64), kp1[m[:, 1]].astype(np.float64), cv2.RANSAC,
+                                      PAPER_RANSAC["px"], maxIters=PAPER_RANSAC["max_iters"],
+                                      confidence=PAPER_RANSAC["confidence"])
+        err = corner_error(H_est, H, size)
+    return {"corner_error": err, "num_matches": int(len(m)), "matching_score": paper_matching_score(f0, f1, H, size)}
+
+
+def evaluate_paper_homography(root: Path, seqs: Sequence[str], feature_path: Path, size=PAPER_SIZE,
+                              thresholds: Sequence[float] = COR_THRESHOLDS) -> dict:
+    rows = {"i": [], "v": []}
+    with h5py.File(str(feature_path), "r") as fd:
+        for seq in tqdm(seqs, desc=f"paper homography {size[1]}x{size[0]}"):
+            f0 = read_features(feature_path, f"{seq}/1.png", fd)
+            for j in range(2, 7):
+                f1 = read_features(feature_path, f"{seq}/{j}.png", fd)
+                rows[seq[0]].append(paper_homography_pair(f0, f1, read_homography(Path(root) / seq / f"H_1_{j}"), size))
+
+    def summary(rs):
+        if not rs:
+            return None
+        err = np.array([r["corner_error"] for r in rs])
+        out = {f"cor{t}": float(np.mean(err <= t)) for t in thresholds}
+        out["matching_score"] = float(np.mean([r["matching_score"] for r in rs]))
+        out["mean_num_matches"] = float(np.mean([r["num_matches"] for r in rs]))
+        out["num_pairs"] = len(rs)
+        return out
+
+    return {"i": summary(rows["i"]), "v": summary(rows["v"]), "all": summary(rows["i"] + rows["v"])}
+
+
+def run_paper(conf: dict, root: Path, seqs: Sequence[str], work: Path, resized_dir: Path, overwrite: bool) -> dict:
+    """The HNDesc paper's protocol (module docstring) for one conf."""
+    every = {"max_keypoints": -1} if "max_keypoints" in conf["model"] else {}
+    c = conf_with(conf, preprocessing={"resize_max": None, "resize_force": None}, model=every)
+    fpath = work / "features-paper-fullres.h5"
+    extract(c, root, fpath, image_names(root, seqs), as_half=False, overwrite=overwrite)
+    m = evaluate_mma(root, seqs, fpath)
+    curves = m.pop("mma")
+    avg = None if curves["i"] is None or curves["v"] is None else \
+        (0.5 * (np.array(curves["i"]) + np.array(curves["v"]))).tolist()
+    out = {"mma": {"i": curves["i"], "v": curves["v"], "avg": avg}, "mma_details": {**m, "features": str(fpath)}}
+    rdir = prepare_resized(root, seqs, resized_dir, PAPER_SIZE, paper=True)
+    top = {"max_keypoints": PAPER_KEYPOINTS} if "max_keypoints" in conf["model"] else {}
+    c = conf_with(conf, preprocessing={"resize_max": None, "resize_force": None}, model=top)
+    fpath = work / "features-paper-640x480.h5"
+    extract(c, rdir, fpath, [f"{s}/{j}.png" for s in seqs for j in range(1, 7)], as_half=False, overwrite=overwrite)
+    out["homography_640x480"] = evaluate_paper_homography(rdir, seqs, fpath)
+    out["settings"] = {"mma_max_keypoints": -1 if every else None, "size_hw": list(PAPER_SIZE),
+                       "max_keypoints": PAPER_KEYPOINTS if top else None, "ransac": PAPER_RANSAC}
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # runner
 def _max_kp_override(conf: dict, k: int) -> dict:
@@ -329,6 +444,8 @@ def run_conf(name: str, root: Path, seqs: Sequence[str], export_dir: Path, proto
             names = [f"{s}/{j}.png" for s in seqs for j in range(1, 7)]
             extract(c, rdir, fpath, names, as_half=False, overwrite=overwrite)
             res["homography"][key] = evaluate_homography(rdir, seqs, fpath, size, k)
+    if "paper" in protocols:
+        res["paper"] = run_paper(conf, root, seqs, work, Path(export_dir) / "resized-paper-640x480", overwrite)
     return res
 
 
@@ -365,6 +482,23 @@ def markdown(results: dict, dataset: str) -> str:
                 lines.append(f"| {name} | {key} | {h['max_keypoints']} | {_fmt(a['cor1'])} | "
                              f"{_fmt(a['cor3'])} | {_fmt(a['cor5'])} | {_fmt(a['matching_score'])} |")
         lines.append("")
+    if any("paper" in r for r in results.values()):
+        lines += ["## The HNDesc paper's protocol (MMA at full resolution; H and M. score at 640×480)", "",
+                  "| conf | split | MMA@1 | @3 | @5 | @10 | Cor-1 | Cor-3 | Cor-5 | M. score |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in results.items():
+            if "paper" not in r:
+                continue
+            p = r["paper"]
+            for split, hsplit in (("i", "i"), ("v", "v"), ("avg", "all")):
+                c, h = p["mma"][split], p["homography_640x480"][hsplit]
+                if c is None or h is None:
+                    continue
+                lines.append(f"| {name} | {'all' if split == 'avg' else split} | "
+                             + " | ".join(_fmt(c[t - 1]) for t in (1, 3, 5, 10)) + " | "
+                             + " | ".join(_fmt(h[f"cor{t}"]) for t in COR_THRESHOLDS)
+                             + f" | {_fmt(h['matching_score'])} |")
+        lines += ["", "(all: MMA = mean of the i and v curves, Cor / M. score over all pairs, as the paper reports.)", ""]
     return "\n".join(lines)
 
 
@@ -374,15 +508,21 @@ def plot_mma(results: dict, path: Path) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {n: r for n, r in results.items() if "mma" in r}
+    curves = {}  # label -> {split: curve}; the paper's overall curve is its avg of i and v
+    for n, r in results.items():
+        if "mma" in r:
+            curves[n] = r["mma"]
+        if "paper" in r:
+            m = r["paper"]["mma"]
+            curves[f"{n} (paper protocol)"] = {"all": m["avg"], "i": m["i"], "v": m["v"]}
     if not curves:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
     for ax, (split, title) in zip(axes, (("all", "Overall"), ("i", "Illumination"), ("v", "Viewpoint"))):
         for name, r in curves.items():
-            c = r["mma"][split]
+            c = r[split]
             if c is not None:
-                ax.plot(r["mma_details"]["thresholds"], c, linewidth=2, label=name)
+                ax.plot(list(MMA_THRESHOLDS), c, linewidth=2, label=name)
         ax.set_title(title)
         ax.set_xlabel("threshold [px]")
         ax.set_xlim(1, 10)
@@ -404,7 +544,8 @@ def main(argv=None):
     parser.add_argument("--dataset_dir", type=Path, help="folder in HPatches layout")
     parser.add_argument("--conf", help="feature conf name(s), comma-separated (ours or hloc's)")
     parser.add_argument("--output", type=Path, help="results JSON (R.md and R_mma.png beside it)")
-    parser.add_argument("--protocols", default="mma,homography", help="mma, homography (default both)")
+    parser.add_argument("--protocols", default="mma,homography",
+                        help="comma-separated: mma, homography (default both), paper (the HNDesc paper's tables)")
     parser.add_argument("--export_dir", type=Path, help="feature cache (default: <output>_work)")
     parser.add_argument("--all_sequences", action="store_true",
                         help="keep the 8 large sequences D2-Net excludes")
@@ -424,9 +565,9 @@ def main(argv=None):
     if not (args.dataset_dir and args.conf and args.output):
         parser.error("--dataset_dir, --conf and --output are required (or --download DIR)")
     protocols = split_names(args.protocols)
-    bad = set(protocols) - {"mma", "homography"}
+    bad = set(protocols) - set(PROTOCOLS)
     if bad:
-        raise BenchmarkError(f"Unknown protocol(s) {sorted(bad)}; use mma and/or homography.")
+        raise BenchmarkError(f"Unknown protocol(s) {sorted(bad)}; use any of {', '.join(PROTOCOLS)}.")
     for name in split_names(args.conf):
         resolve_feature_conf(name)  # unknown conf names fail before any work
     root = dataset_root(args.dataset_dir)

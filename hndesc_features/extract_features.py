@@ -242,7 +242,10 @@ def build_parser(confs: dict) -> argparse.ArgumentParser:
 
 
 def cli(argv=None):
+    from .keypoint_source import apply_env
+
     confs = feature_confs()
+    apply_env(confs)  # $HNDESC_KEYPOINTS, as under hloc's CLI
     args = build_parser(confs).parse_args(argv)
     from .distributed import dist_info
 

@@ -258,3 +258,57 @@ def test_match_errors_bins_add_up_and_agree_with_mma(bench):
     f = {"keypoints": np.array([[10.0, 10.0], [50.0, 40.0], [80.0, 20.0]]),
          "descriptors": np.eye(3, dtype=np.float32)}
     np.testing.assert_array_equal(me.pair_errors(f, f, np.eye(3)), [3, 3, 0, 0, 3])
+
+
+def test_paper_matching_score_and_homography_by_hand():
+    """The paper's matching score: plain nearest neighbours (not mutual) both ways, denominator = the
+    matches landing inside the other image; its H estimation fails below 4 mutual matches."""
+    e = np.eye(4, dtype=np.float32)
+    kp0 = np.array([[10.0, 10], [100, 50], [300, 200], [700, 10]])  # the last one maps outside 640×480
+    f0 = {"keypoints": kp0, "descriptors": e, "scores": None}
+    kp1 = kp0.copy()
+    kp1[1] = [500, 400]  # far from its mate
+    f1 = {"keypoints": kp1, "descriptors": e[[0, 0, 2, 3]], "scores": None}
+    # 0→1: kp0_0 ok, kp0_1 (no similar descriptor) → kp1_0 wrong, kp0_2 ok, kp0_3 outside: 2/3
+    # 1→0: kp1_0 ok, kp1_1 → kp0_0 wrong, kp1_2 ok, kp1_3 outside: 2/3
+    assert hp.paper_matching_score(f0, f1, np.eye(3), hp.PAPER_SIZE) == pytest.approx(2 / 3)
+    r = hp.paper_homography_pair(f0, f1, np.eye(3), hp.PAPER_SIZE)
+    assert r["num_matches"] == 2 and r["corner_error"] == float("inf")  # kp_3 is outside, 2 mutual matches
+    # exact correspondences under a real homography: corner error ~ 0, every match correct
+    rng = np.random.default_rng(1)
+    H = np.array([[0.9, 0.05, 20], [-0.04, 1.02, 10], [5e-5, -4e-5, 1.0]])
+    a = rng.uniform([40, 40], [600, 440], size=(300, 2))
+    d = rng.normal(size=(300, 32)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    r = hp.paper_homography_pair({"keypoints": a, "descriptors": d, "scores": None},
+                                 {"keypoints": warp_points(a, H), "descriptors": d, "scores": None}, H, hp.PAPER_SIZE)
+    assert r["corner_error"] < 1e-3 and r["matching_score"] == pytest.approx(1.0)
+
+
+def test_paper_protocol_end_to_end(dev_set):
+    conf = _conf()
+    out = dev_set["tmp"] / "paper" / "R.json"
+    res = hp.main(["--dataset_dir", str(dev_set["root"]), "--conf", conf, "--output", str(out),
+                   "--protocols", "paper"])
+    p = json.loads(out.read_text())[conf]["paper"]
+    assert "mma" not in json.loads(out.read_text())[conf] and p == json.loads(json.dumps(res[conf]["paper"]))
+    np.testing.assert_allclose(p["mma"]["avg"], 0.5 * (np.array(p["mma"]["i"]) + np.array(p["mma"]["v"])))
+    assert all(0 <= x <= y <= 1 for x, y in zip(p["mma"]["avg"], p["mma"]["avg"][1:]))
+    assert p["mma"]["v"][2] > 0.3  # real matches at full resolution
+    h = p["homography_640x480"]
+    for split in ("i", "v", "all"):
+        assert 0 <= h[split]["cor1"] <= h[split]["cor3"] <= h[split]["cor5"] <= 1
+        assert 0 < h[split]["matching_score"] <= 1
+    assert h["all"]["num_pairs"] == 5 * len(dev_set["seqs"]) and h["v"]["cor5"] > 0
+    assert p["settings"]["max_keypoints"] == 1000 and p["settings"]["mma_max_keypoints"] == -1
+    # every keypoint at full resolution; at most 1000 on the 640×480 copies (PIL bicubic, exact size)
+    work = out.parent / "R_work"
+    with h5py.File(work / hp.slug(conf) / "features-paper-640x480.h5") as f:
+        n = [len(f[s][k]["keypoints"]) for s in f for k in f[s]]
+        assert max(n) <= 1000 and min(n) > 50
+    img = cv2.imread(str(work / "resized-paper-640x480" / dev_set["seqs"][0] / "2.png"))
+    assert img.shape == (480, 640, 3)
+    md = out.with_suffix(".md").read_text()
+    assert "HNDesc paper's protocol" in md and f"| {conf} | all |" in md
+    with pytest.raises(BenchmarkError, match="paper"):
+        hp.main(["--dataset_dir", str(dev_set["root"]), "--conf", conf, "--output", str(out), "--protocols", "papr"])

@@ -198,10 +198,11 @@ def test_extractor_keypoints_from_h5(small_weights, tmp_path):
     model = load_model({"name": "hf_hndesc", "weights": str(small_weights), "keypoints": str(h5)}).eval()
     with torch.no_grad():
         pred = model({"image": _tensor(img), "name": "sub/img.jpg"})
-    expect = (kps_orig[[1, 2, 0]] + 0.5) / 2 - 0.5  # sorted by score, in model-input pixels
+    expect = (kps_orig + 0.5) / 2 - 0.5  # in stored order (a map indexes them), in model-input pixels
     np.testing.assert_allclose(pred["keypoints"][0].numpy(), expect, atol=1e-5)
+    np.testing.assert_array_equal(pred["scores"][0].numpy(), np.float32([0.1, 0.9, 0.5]))
     assert pred["descriptors"].shape == (1, 128, 3)
-    with pytest.raises(ValueError, match="hndesc_features.extract_features"):
+    with pytest.raises(ValueError, match="by image name"):  # called outside extract_features.main
         model({"image": _tensor(img)})
 
 

@@ -74,6 +74,41 @@ def test_install_cli_checks_the_architecture(user_dir, tmp_path):
         registry.install("my_own", tmp_path / "caps_release.pth")  # unknown name: must be our format
 
 
+def test_install_refuses_bad_files_in_plain_words(user_dir, tmp_path):
+    """Another architecture: the message names both architectures (our format) or the mismatched
+    keys (released layout). Not a torch file: a plain sentence saying what the file is instead."""
+    from hndesc_features.models.hndesc_r2d2 import HNDescR2D2
+
+    def install(path):
+        p = run_py(["-m", "hndesc_features.weights", "install", "hndesc_caps", str(path)],
+                   env_extra={registry.ENV_VAR: str(user_dir)}, check=False)
+        assert p.returncode == 2 and not (user_dir / "hndesc_caps.pt").exists(), p.stderr
+        return p.stderr.strip().splitlines()[-1]
+
+    msg = install(registry.PACKAGE_DIR / "hndesc_small.pt")
+    assert "architecture 'hndesc_small'" in msg and "'hndesc_caps' was requested" in msg
+    torch.save({"state_dict": HNDescR2D2().state_dict()}, tmp_path / "r2d2_release.pth")
+    msg = install(tmp_path / "r2d2_release.pth")
+    assert "does not fit architecture 'hndesc_caps'" in msg and "missing [" in msg and "unexpected ['ops." in msg
+
+    junk = {"junk.pth": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+            "notes.pth": b"hello, these are not weights\n",
+            "page.pth": b"<!DOCTYPE html><html><head><title>Drive</title></head></html>\n",
+            "plain_pickle.pth": __import__("pickle").dumps({"state_dict": [1, 2]}, protocol=2)}
+    expect = {"junk.pth": "binary data of another kind", "notes.pth": "a text file (it begins 'hello, these",
+              "page.pth": "an HTML page", "plain_pickle.pth": "a Python pickle that torch.save did not write"}
+    for name, data in junk.items():
+        (tmp_path / name).write_bytes(data)
+        msg = install(tmp_path / name)
+        assert f"'{tmp_path / name}' is not a torch weights file: it is {expect[name]}" in msg, msg
+        assert not any(tok.isdigit() and len(tok) > 4 for tok in msg.replace(":", " ").split()), msg
+    # torch's legacy (non-zip) format is still a torch file
+    legacy = tmp_path / "legacy.pth"
+    net = _released_caps_checkpoint(tmp_path / "zip.pth")
+    torch.save({"state_dict": net.state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    assert registry.install("hndesc_caps", legacy) == user_dir / "hndesc_caps.pt"
+
+
 @requires_hloc
 def test_installed_caps_checkpoint_runs_through_hlocs_cli(user_dir, tmp_path):
     ckpt = tmp_path / "caps_release.pth"

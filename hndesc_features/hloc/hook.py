@@ -42,6 +42,12 @@ def inject_confs(confs: dict) -> list[str]:
     except Exception as e:  # a broken conf must not break hloc itself
         sys.stderr.write(f"[hndesc_features] could not load confs: {e}\n")
         return []
+    try:  # $HNDESC_KEYPOINTS: confs that can reuse keypoints read them from there
+        from hndesc_features.keypoint_source import apply_env
+
+        apply_env(ours)
+    except Exception as e:
+        sys.stderr.write(f"[hndesc_features] HNDESC_KEYPOINTS ignored: {e}\n")
     added = []
     for name, conf in ours.items():
         if name not in confs:

@@ -49,6 +49,39 @@ def atomic_save(obj, path) -> None:
             tmp.unlink()
 
 
+#: how a file that torch.save wrote begins: a zip archive (torch >= 1.6), or the legacy format, a
+#: protocol-2 pickle of torch's magic number 0x1950a86a20f9469cfc6c
+TORCH_ZIP_MAGIC = b"PK\x03\x04"
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def describe_foreign_file(data: bytes) -> Optional[str]:
+    """What a file that is not a torch weights file looks like (None when it starts like one)."""
+    head = data[:64]
+    if head.startswith(TORCH_ZIP_MAGIC) or head.startswith(TORCH_LEGACY_MAGIC):
+        return None
+    if head.startswith(b"\x80"):
+        return "a Python pickle that torch.save did not write"
+    kinds = [(b"\x89HDF", "an HDF5 file"), (b"\x93NUMPY", "a NumPy .npy array"), (b"\x1f\x8b", "a gzip archive"),
+             (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"%PDF", "a PDF document")]
+    for magic, kind in kinds:
+        if head.startswith(magic):
+            return kind
+    if len(data) > 8 and data[8:10] == b'{"':
+        return "a safetensors file (load it with the safetensors package, then torch.save its tensors)"
+    try:
+        text = data[:4096].decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        low = text.lstrip().lower()
+        if low.startswith(("<!doctype html", "<html")) or "<html" in low[:512]:
+            return "an HTML page, not the checkpoint (a download link that returned a web page?)"
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"a text file (it begins {first!r})"
+    return f"binary data of another kind (it begins with the bytes {head[:8].hex(' ')})"
+
+
 def safe_load(path, what: str = "checkpoint") -> dict:
     """torch.load(weights_only=True) with clear errors for missing / truncated / foreign files."""
     path = Path(path)
@@ -60,6 +93,10 @@ def safe_load(path, what: str = "checkpoint") -> dict:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - turned into a clear message
+        foreign = describe_foreign_file(data)
+        if foreign is not None:
+            raise CheckpointError(f"{what} '{path}' is not a torch weights file: it is {foreign}. A weights file "
+                                  "is what torch.save writes (a .pt / .pth file).") from None
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, (EOFError, RuntimeError)) and any(
                 s in msg for s in ("zip archive", "central directory", "Ran out of input", "EOF",
