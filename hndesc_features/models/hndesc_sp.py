@@ -80,7 +80,7 @@ def descriptor_input(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
     if (rgb.shape[1], rgb.shape[0]) != tuple(size):
         rgb = np.asarray(Image.fromarray(rgb).resize(tuple(size), Image.Resampling.BICUBIC))
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255.0)[None]
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div(255.0)[None]
 
 
 class HNDescSP(nn.Module):
