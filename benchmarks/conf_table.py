@@ -20,12 +20,12 @@ from typing import Optional
 
 from .common import BenchmarkError, run_cli
 
-KEYPOINTS = {"hf_sift": "DoG", "hf_hndesc": "DoG", "hf_surf": "Fast-Hessian", "hf_orb": "ORB", "hf_kcc": "ORB",
+KEYPOINTS = {"hf_sift": "DoG", "hf_hndesc": "DoG", "hf_hndesc_sp": "SuperPoint", "hf_surf": "Fast-Hessian", "hf_orb": "ORB", "hf_kcc": "ORB",
              "hf_wlrn": "ORB", "hf_netvlad": "– (global)"}
 #: table order: the learned confs a user would pick first, then the references
 ORDER = ["hndesc", "residual_sift", "residual_rootsift_upright", "residual_surf", "kcc_orb", "hndesc_patch",
-         "hndesc_small", "hndesc_caps", "hndesc_r2d2", "rootsift", "rootsift_upright", "surf", "orb", "hf_netvlad"]
-FIXED_DIM = {"hf_sift": 128, "hf_hndesc": 128, "hf_surf": 64, "hf_orb": 256, "hf_kcc": 128, "hf_wlrn": 128,
+         "hndesc_small", "hndesc_caps", "hndesc_r2d2", "hndesc_caps_sp", "hndesc_r2d2_sp", "rootsift", "rootsift_upright", "surf", "orb", "hf_netvlad"]
+FIXED_DIM = {"hf_sift": 128, "hf_hndesc": 128, "hf_hndesc_sp": 128, "hf_surf": 64, "hf_orb": 256, "hf_kcc": 128, "hf_wlrn": 128,
              "hf_netvlad": 4096}
 
 
@@ -43,12 +43,15 @@ def describe_conf(name: str, conf: dict) -> dict:
         if "upright" in m["descriptor"]:
             info["keypoints"] += ", upright"
     default = {"hf_residual": f"residual_{m.get('descriptor')}", "hf_hndesc": f"hndesc_{m.get('backbone')}",
+               "hf_hndesc_sp": f"hndesc_{m.get('backbone')}",
                "hf_kcc": "kcc_orb", "hf_wlrn": "kcc_orb"}.get(kind)
     if default is not None:
         wname = Path(str(m.get("weights") or default)).name.removesuffix(".pt")
         wname = registry.canonical(wname)
         entry = registry.REGISTRY.get(wname)
         shipped = entry is not None and entry.shipped
+        if kind == "hf_hndesc_sp":  # the detector's weights too
+            wname += "` + `" + registry.canonical(Path(str(m.get("detector_weights") or "superpoint")).name.removesuffix(".pt"))
         info["weights"] = f"`{wname}`" + ("" if shipped else " (user-installed)")
         if kind == "hf_residual":
             try:

@@ -204,7 +204,7 @@ def main(
                     failed.append(data["error"])
                     continue
                 image = torch.from_numpy(data["image"])[None].to(device)
-                pred = model({"image": image, "name": name})
+                pred = model({"image": image, "name": name, "image_path": str(dataset.root / name)})
                 pred, unc = postprocess(pred, image, data["original_size"], model, as_half)
                 journal.add(name, pred, unc)
         finally:

@@ -24,6 +24,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 ENV_VAR = "HNDESC_WEIGHTS_DIR"
 INSTALL_CMD = "python -m hndesc_features.weights install"
 HNDESC_RELEASE = "https://github.com/imelekhov/HNDesc (README: 'The pretrained models are available here')"
+SUPERPOINT_RELEASE = "https://github.com/magicleap/SuperGluePretrainedNetwork (models/weights/)"
+#: weights files of an hloc checkout (``pip install -e`` of its git repository), found without install
+HLOC_CHECKOUT_FILES = {"superpoint": "third_party/SuperGluePretrainedNetwork/models/weights/superpoint_v1.pth"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ REGISTRY = {
                          f"download it from {HNDESC_RELEASE}", shipped=False),
     "hndesc_r2d2": Entry("hndesc_r2d2", "the paper's HNDesc-R2D2 released checkpoint",
                          f"download it from {HNDESC_RELEASE}", shipped=False),
+    "superpoint": Entry("superpoint", "Magic Leap's SuperPoint (superpoint_v1.pth), the keypoints of the *_sp confs",
+                        f"take superpoint_v1.pth from {SUPERPOINT_RELEASE}", shipped=False),
 }
 SHIPPED = {k: v for k, v in REGISTRY.items() if v.shipped}
 #: aliases of registry names
@@ -79,17 +84,38 @@ def canonical(name: str) -> str:
     return ALIASES.get(name, name)
 
 
+def hloc_checkout_file(name: str) -> Optional[Path]:
+    """Where an hloc checkout keeps the weights ``name`` (None: hloc not importable, or no such file
+    for that name). hloc's own extractors find them there relative to the ``hloc`` package."""
+    rel = HLOC_CHECKOUT_FILES.get(canonical(name))
+    if rel is None:
+        return None
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("hloc")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    return Path(spec.origin).resolve().parent.parent / rel
+
+
 def _candidates(name: str) -> list[Path]:
     name = canonical(name)
-    return [user_dir() / f"{name}.pt", PACKAGE_DIR / f"{name}.pt"]
+    found = [user_dir() / f"{name}.pt", PACKAGE_DIR / f"{name}.pt"]
+    hloc_file = hloc_checkout_file(name)
+    return found + ([hloc_file] if hloc_file is not None else [])
 
 
 def not_found_message(name: str, what: str = "") -> str:
     name = canonical(name)
     entry = REGISTRY.get(name)
     how = f"{entry.source}, then " if entry else ""
+    hloc_file = hloc_checkout_file(name) if name in HLOC_CHECKOUT_FILES else None
+    where = f"the package ({PACKAGE_DIR})" + (f" and hloc's checkout ({hloc_file})" if hloc_file else "")
     return (f"{what + ': ' if what else ''}no weights '{name}': looked in the user weights directory "
-            f"{user_dir()} (${ENV_VAR}) and in the package ({PACKAGE_DIR}). "
+            f"{user_dir()} (${ENV_VAR}) and in {where}. "
             f"To use a checkpoint, {how}install it: `{INSTALL_CMD} {name} FILE` "
             f"(or set model.weights to the file's path).")
 
@@ -136,11 +162,15 @@ def load_model(weights: Union[None, str, Path], arch: str, default: Optional[str
 
 
 def installed() -> list[tuple[str, Path, bool]]:
-    """(name, path, in user dir) of every weights file found, user dir first."""
+    """(name, path, in user dir) of every weights file found: user dir, package, hloc's checkout."""
     out = []
     for folder, user in ((user_dir(), True), (PACKAGE_DIR, False)):
         if folder.is_dir():
             out += [(p.stem, p, user) for p in sorted(folder.glob("*.pt"))]
+    for name in HLOC_CHECKOUT_FILES:  # hloc's checkout (found after the two folders)
+        path = hloc_checkout_file(name)
+        if path is not None and path.is_file():
+            out.append((name, path, False))
     return out
 
 

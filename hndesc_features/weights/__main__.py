@@ -41,7 +41,8 @@ def main(argv=None) -> int:
             shown = set()
             for name, path, user in found:
                 shadow = " (overrides the shipped file)" if user and (PACKAGE_DIR / path.name).is_file() else ""
-                where = "user" if user else ("package (shadowed)" if name in shown else "package")
+                where = "user" if user else ("package" if path.parent == PACKAGE_DIR else "hloc checkout")
+                where += " (shadowed)" if not user and name in shown else ""
                 shown.add(name)
                 print(f"  {name:<26} {where:<18} {path.stat().st_size / 1e6:6.2f} MB{shadow}")
             missing = [n for n, e in REGISTRY.items() if n not in shown]
