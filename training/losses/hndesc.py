@@ -193,9 +193,9 @@ def describe(model: nn.Module, images: torch.Tensor, keypoints: torch.Tensor) ->
         B, N = keypoints.shape[:2]
         with torch.no_grad():
             patches = torch.cat([net.patches(images[b], keypoints[b]) for b in range(B)])
-        return model(patches).view(B, N, -1)
+        return model(patches).float().view(B, N, -1)
     keypoints = keypoints[..., :2]
-    dense = model(images)
+    dense = model(images).float()  # under autocast (train.amp): sample and score in float32
     d = sample_descriptors(dense, keypoints, tuple(images.shape[-2:]), net.sampling, net.stride)
     return d.transpose(1, 2)
 
@@ -245,7 +245,13 @@ class Loss(nn.Module):
             if not g["knn_file"]:
                 raise ValueError("loss.mining=gd needs loss.gd.knn_file: an hloc global-features .h5 "
                                  "(e.g. NetVLAD) or a retrieval pairs .txt of the training images")
-            self.index = KNNIndex(g["knn_file"], self._train_paths(), int(g["k"]), bool(g["allow_unknown"]))
+            from ..datasets.base import expand
+
+            path = expand(g["knn_file"])
+            if not path.is_file():
+                raise FileNotFoundError(f"loss.gd.knn_file {path} not found: write it with `python -m "
+                                        "hndesc_features.training.knn CONFIG` (the neighbours of the training images)")
+            self.index = KNNIndex(path, self._train_paths(), int(g["k"]), bool(g["allow_unknown"]))
         if mode == "selfgd":
             if self.index is None:
                 from ..datasets.base import read_image, resize_long_side

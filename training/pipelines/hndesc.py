@@ -66,13 +66,20 @@ DEFAULT_CONF = {
     "keypoints": {"max": 200, "min": 16, "contrast_threshold": 0.005},
     "augment": {"enable": True, "p_color": 0.6, "p_blur": 0.3, "p_noise": 0.1},
     # second crop from a stylized version with probability p (reference: 0.7).
-    # mode online: StatsStylizer colour map on the crop; pregenerated: copies written by
-    # `python -m hndesc_features.training.stylize` under `root` (needs samples with A1/source_hw); none.
+    # mode online: StatsStylizer colour map on the crop; pregenerated: one of the copies written by
+    # `python -m hndesc_features.training.stylize` (needs samples with A1/source_hw: the homographies
+    # dataset) — the copies of image ``rel_to/<rel>.jpg`` live in ``root/<rel>/<style>_<k>.jpg``; root and
+    # rel_to may be lists of the same length (one stylized folder per dataset root); an image without
+    # copies keeps its unstylized second crop, as the reference does; none.
     # styles: None (default dusk/night photos), {name: [photos]}, or "webcam" (training webcam scenes)
     "stylize": {"mode": "online", "p": 0.7, "root": None, "styles": None, "rel_to": None},
-    # neighbour crops have the size of the training crops (one forward pass)
+    # neighbour crops have the size of the training crops (one forward pass). knn_file: an hloc
+    # global-features .h5 or a pairs .txt; `python -m hndesc_features.training.knn CONFIG` writes it from
+    # the global `descriptor` (netvlad: hloc's VGG16-NetVLAD, `netvlad_weights` or hloc's cache; self:
+    # the backbone's own pooled features = selfgd) over `images`, the training images
     "gd": {"knn_file": None, "k": 5, "pick": "first", "resize": 800, "max_kpts": 200,
-           "allow_unknown": False, "images": {"name": "dev_images", "split": "train"}},
+           "allow_unknown": False, "images": {"name": "dev_images", "split": "train"},
+           "descriptor": "netvlad", "netvlad_weights": None},
     "selfgd": {"refresh_every": 500, "k": 5, "size": 256},
     # keypoint frames (x, y, size, angle) for patch backbones (hndesc_patch): the view-1 frame of
     # an anchor is the DoG frame detected within match_px of its true position (scale within
@@ -142,6 +149,22 @@ def _stylize_view1(sample: dict, sconf: dict, rng: np.random.Generator) -> torch
     return out
 
 
+def stylized_roots(sconf: dict) -> list[tuple[Path, Path]]:
+    """(image root, stylized root) pairs of ``loss.stylize`` (``rel_to`` / ``root``, lists or single)."""
+    from ..datasets.base import expand
+
+    roots, rels = sconf.get("root"), sconf.get("rel_to")
+    roots = roots if isinstance(roots, (list, tuple)) else [roots]
+    rels = rels if isinstance(rels, (list, tuple)) else [rels] * len(roots)
+    if len(rels) != len(roots):
+        raise ValueError(f"loss.stylize.root ({len(roots)}) and loss.stylize.rel_to ({len(rels)}) must "
+                         "list as many folders")
+    return [(expand(r) if r is not None else None, expand(s)) for r, s in zip(rels, roots)]
+
+
+_MISSING_WARNED: set = set()
+
+
 def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
     from ..stylize import read_rgb, stylized_versions
 
@@ -152,10 +175,28 @@ def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
         raise ValueError("loss.stylize.mode=pregenerated needs samples with 'A1' (image→view1 "
                          "homography) and 'source_hw' (size of the resized source image); this "
                          "dataset does not provide them: use mode=online")
+    key = ("roots", repr(sconf.get("root")), repr(sconf.get("rel_to")))
+    if key not in _CACHE:
+        _CACHE[key] = stylized_roots(sconf)
     name = Path(sample["name"])
-    rel = name.relative_to(sconf["rel_to"]) if sconf.get("rel_to") else Path(name.name)
-    versions = stylized_versions(sconf["root"], rel)
+    versions = []
+    for rel_to, root in _CACHE[key]:
+        if rel_to is None:
+            versions = stylized_versions(root, Path(name.name))
+        elif name.is_relative_to(rel_to):
+            versions = stylized_versions(root, name.relative_to(rel_to))
+        else:
+            continue
+        break
     if not versions:
+        if len(_MISSING_WARNED) < 1:  # once per process: the run goes on with unstylized crops
+            _MISSING_WARNED.add(str(name))
+            import logging
+
+            logging.getLogger("hndesc_features").warning(
+                "no pre-generated stylized copies of %s (loss.stylize.root=%s): its second crop stays "
+                "unstylized; write them with `python -m hndesc_features.training.stylize CONFIG`",
+                name, sconf.get("root"))
         return None
     img = read_rgb(versions[rng.integers(len(versions))])
     h, w = [int(x) for x in sample["source_hw"]]
