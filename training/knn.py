@@ -156,10 +156,16 @@ def neighbours_for_config(conf: dict, descriptor: Optional[str] = None, weights:
         raise ValueError("the config has no loss.gd.knn_file: nothing to write (only gd / selfgd rows need one)")
     descriptor = descriptor or g["descriptor"]
     out = expand(g["knn_file"])
-    paths = [Path(p) for p in source_paths(g["images"])]
+    paths = [Path(p) for p in source_paths(g["images"] or {"name": "dev_images", "split": "train"})]
     names = relative_names(paths)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        descs = _global_descriptors(paths, names, descriptor, conf, g, weights, netvlad_weights, dev, size,
+                                    out.with_name(out.stem + f".{descriptor}.h5"))
+    return write_neighbour_pairs(names, descs, int(k or g["k"]), out)
+
+
+def _global_descriptors(paths, names, descriptor, conf, g, weights, netvlad_weights, dev, size, cache):
     if descriptor == "netvlad":
         from hndesc_features.models.netvlad import NetVLAD
 
@@ -174,9 +180,7 @@ def neighbours_for_config(conf: dict, descriptor: Optional[str] = None, weights:
             return global_descriptor(net, x.to(dev))
     else:
         raise ValueError(f"loss.gd.descriptor must be 'netvlad' or 'self', got {descriptor!r}")
-    cache = out.with_name(out.stem + f".{descriptor}.h5")
-    descs = cache_global_descriptors(paths, names, describe, cache, size)
-    return write_neighbour_pairs(names, descs, int(k or g["k"]), out)
+    return cache_global_descriptors(paths, names, describe, cache, size)
 
 
 def self_descriptor_model(conf: dict, weights: Optional[str] = None) -> nn.Module:

@@ -42,6 +42,7 @@ logger = logging.getLogger("hndesc_features")
 
 
 MINING_MODES = ("in_pair", "in_batch", "gd", "selfgd")
+DEV_TRAIN = {"name": "dev_images", "split": "train"}  # loss.gd.images: null
 
 
 # ---------------------------------------------------------------------------------- AP
@@ -217,7 +218,7 @@ class Loss(nn.Module):
     def _train_paths(self) -> list[str]:
         from ..datasets.image_folder import source_paths
 
-        return [str(p) for p in source_paths(self.conf["gd"]["images"])]
+        return [str(p) for p in source_paths(self.conf["gd"]["images"] or DEV_TRAIN)]
 
     def _load_neighbour(self, path: str, size: int):
         """(H×W×3 uint8 image resized for cropping, its DoG keypoints), cached."""

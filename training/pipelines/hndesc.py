@@ -76,9 +76,9 @@ DEFAULT_CONF = {
     # neighbour crops have the size of the training crops (one forward pass). knn_file: an hloc
     # global-features .h5 or a pairs .txt; `python -m hndesc_features.training.knn CONFIG` writes it from
     # the global `descriptor` (netvlad: hloc's VGG16-NetVLAD, `netvlad_weights` or hloc's cache; self:
-    # the backbone's own pooled features = selfgd) over `images`, the training images
+    # the backbone's own pooled features = selfgd) over `images`, the training images (None: dev_images train)
     "gd": {"knn_file": None, "k": 5, "pick": "first", "resize": 800, "max_kpts": 200,
-           "allow_unknown": False, "images": {"name": "dev_images", "split": "train"},
+           "allow_unknown": False, "images": None,  # an image source (sources.py); None: the dev training photos
            "descriptor": "netvlad", "netvlad_weights": None},
     "selfgd": {"refresh_every": 500, "k": 5, "size": 256},
     # keypoint frames (x, y, size, angle) for patch backbones (hndesc_patch): the view-1 frame of
