@@ -234,3 +234,33 @@ def test_paper_config_trains_two_steps_and_exports(paper_data, name, tmp_path, m
     with torch.no_grad():
         pred = model({"image": x})
     assert pred["descriptors"].shape[1] == 128 and pred["keypoints"].shape[1] > 50
+
+
+def test_caps_encoder_starts_from_a_torchvision_resnet50_file(paper_data, tmp_path):
+    """train.init_weights = torchvision's ResNet-50 state dict (the paper's ImageNet start): conv1 / bn1 /
+    layer1-3 fill the encoder, layer4 / fc are ignored, the decoder keeps its initialisation; another
+    file is refused with a message naming what is missing."""
+    from hndesc_features.models.checkpoints import CheckpointError
+    from hndesc_features.models.hndesc_caps import HNDescCAPS
+    from hndesc_features.training.config import load_config
+    from hndesc_features.training.trainer import Trainer
+
+    torch.manual_seed(7)
+    ref = HNDescCAPS()
+    names = {"firstconv.": "conv1.", "firstbn.": "bn1."}
+    tv = {}
+    for k, v in ref.state_dict().items():
+        if k.split(".")[0] in ("firstconv", "firstbn", "layer1", "layer2", "layer3"):
+            p = next((a for a in names if k.startswith(a)), "")
+            tv[names.get(p, "") + k[len(p):]] = v.clone()
+    tv["layer4.0.conv1.weight"], tv["fc.weight"] = torch.zeros(512, 1024, 1, 1), torch.zeros(1000, 2048)
+    torch.save(tv, tmp_path / "resnet50.pth")
+    conf = load_config(f"{PAPER}/caps_ca_st_megadepth", SMOKE + [f"train.init_weights={tmp_path / 'resnet50.pth'}"])
+    tr = Trainer(conf, tmp_path / "run")
+    assert torch.equal(tr.model.layer3[5].conv3.weight, ref.layer3[5].conv3.weight)
+    assert torch.equal(tr.model.firstbn.running_var, ref.firstbn.running_var)
+    assert not torch.equal(tr.model.iconv2.conv.weight, ref.iconv2.conv.weight)  # decoder: its own init
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "other.pth")
+    bad = load_config(f"{PAPER}/caps_ca_st_megadepth", SMOKE + [f"train.init_weights={tmp_path / 'other.pth'}"])
+    with pytest.raises(ValueError, match="not a torchvision ResNet-50 state dict"):
+        Trainer(bad, tmp_path / "run2")

@@ -268,6 +268,19 @@ def stylized_versions(out_dir, rel_path) -> list[Path]:
     return sorted(d.glob("*.jpg")) if d.is_dir() else []
 
 
+def stylized_roots(sconf: dict) -> list[tuple[Path, Path]]:
+    """(image root, stylized root) pairs of ``loss.stylize`` (``rel_to`` / ``root``, lists or single)."""
+    from .datasets.base import expand
+
+    roots, rels = sconf.get("root"), sconf.get("rel_to")
+    roots = roots if isinstance(roots, (list, tuple)) else [roots]
+    rels = rels if isinstance(rels, (list, tuple)) else [rels] * len(roots)
+    if len(rels) != len(roots):
+        raise ValueError(f"loss.stylize.root ({len(roots)}) and loss.stylize.rel_to ({len(rels)}) must "
+                         "list as many folders")
+    return [(expand(r) if r is not None else None, expand(s)) for r, s in zip(rels, roots)]
+
+
 def default_style_photos(data_dir: Optional[Path] = None) -> dict[str, list[Path]]:
     if data_dir is None:
         from .datasets.dev_images import shared_data_dir
@@ -351,14 +364,11 @@ def stylize_images(images: Sequence[tuple[Path, Path]], out_dir, stylizer, style
 def config_jobs(config: str, overrides: Sequence[str] = ()) -> list[tuple[list[tuple[Path, Path]], Path]]:
     """(images with their paths relative to a dataset root, stylized folder) per dataset root of a
     training config whose ``loss.stylize.mode`` is ``pregenerated``."""
-    from hndesc_features.config import merge
-
     from .config import load_config
     from .datasets.image_folder import source_paths
-    from .pipelines.hndesc import DEFAULT_CONF, stylized_roots
 
     conf = load_config(config, overrides)
-    sc = merge(DEFAULT_CONF, conf.get("loss"), "loss")["stylize"]
+    sc = {"mode": "online", "root": None, "rel_to": None, **((conf.get("loss") or {}).get("stylize") or {})}
     if sc["mode"] != "pregenerated" or sc.get("root") is None:
         raise ValueError(f"config {config}: loss.stylize.mode is {sc['mode']!r} (with root {sc.get('root')}); "
                          "only a config that reads pre-generated copies (mode: pregenerated, root) has any to write")

@@ -149,19 +149,6 @@ def _stylize_view1(sample: dict, sconf: dict, rng: np.random.Generator) -> torch
     return out
 
 
-def stylized_roots(sconf: dict) -> list[tuple[Path, Path]]:
-    """(image root, stylized root) pairs of ``loss.stylize`` (``rel_to`` / ``root``, lists or single)."""
-    from ..datasets.base import expand
-
-    roots, rels = sconf.get("root"), sconf.get("rel_to")
-    roots = roots if isinstance(roots, (list, tuple)) else [roots]
-    rels = rels if isinstance(rels, (list, tuple)) else [rels] * len(roots)
-    if len(rels) != len(roots):
-        raise ValueError(f"loss.stylize.root ({len(roots)}) and loss.stylize.rel_to ({len(rels)}) must "
-                         "list as many folders")
-    return [(expand(r) if r is not None else None, expand(s)) for r, s in zip(rels, roots)]
-
-
 _MISSING_WARNED: set = set()
 
 
@@ -177,6 +164,8 @@ def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
                          "dataset does not provide them: use mode=online")
     key = ("roots", repr(sconf.get("root")), repr(sconf.get("rel_to")))
     if key not in _CACHE:
+        from ..stylize import stylized_roots
+
         _CACHE[key] = stylized_roots(sconf)
     name = Path(sample["name"])
     versions = []
