@@ -264,3 +264,23 @@ def test_caps_encoder_starts_from_a_torchvision_resnet50_file(paper_data, tmp_pa
     bad = load_config(f"{PAPER}/caps_ca_st_megadepth", SMOKE + [f"train.init_weights={tmp_path / 'other.pth'}"])
     with pytest.raises(ValueError, match="not a torchvision ResNet-50 state dict"):
         Trainer(bad, tmp_path / "run2")
+
+
+def test_caps_row_under_torchrun_two_processes(paper_data, tmp_path):
+    """DDP (gloo on CPU, NCCL on GPUs): the CAPS gd row with its unused conv_coarse
+    (train.find_unused_parameters) trains 2 steps on 2 processes with identical weights."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "hndesc_features.training.train", f"{PAPER}/caps_ca_st_gd_megadepth", "--output", str(tmp_path / "ddp"),
+           *SMOKE]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["finished"]
+    a, b = summary["param_checksums"]
+    assert a == b and summary["last"]["extra_negs"] > 0

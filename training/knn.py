@@ -38,6 +38,16 @@ from hndesc_features.handcrafted import cv2_gray, dog_frames
 logger = logging.getLogger("hndesc_features")
 
 
+#: ``loss.gd`` of the HNDesc method: neighbour crops (the size of the training crops) for gd / selfgd mining.
+#: knn_file: an hloc global-features .h5 or a pairs .txt of neighbours; `python -m hndesc_features.training.knn
+#: CONFIG` writes it from the global ``descriptor`` (netvlad: hloc's VGG16-NetVLAD from ``netvlad_weights`` or
+#: hloc's cache; self: the backbone's own pooled features = selfgd) over ``images`` (an image source, None: the
+#: dev training photos). ``k`` neighbours per image, ``pick`` first | random, the neighbour resized to
+#: ``resize`` px, at most ``max_kpts`` of its keypoints.
+GD_DEFAULT = {"knn_file": None, "k": 5, "pick": "first", "resize": 800, "max_kpts": 200, "allow_unknown": False,
+              "images": None, "descriptor": "netvlad", "netvlad_weights": None}
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
@@ -148,10 +158,8 @@ def neighbours_for_config(conf: dict, descriptor: Optional[str] = None, weights:
 
     from .datasets.base import expand
     from .datasets.image_folder import source_paths
-    from .pipelines.hndesc import DEFAULT_CONF
 
-    lc = merge(DEFAULT_CONF, conf.get("loss"), "loss")
-    g = lc["gd"]
+    g = merge(GD_DEFAULT, (conf.get("loss") or {}).get("gd"), "loss.gd")
     if not g["knn_file"]:
         raise ValueError("the config has no loss.gd.knn_file: nothing to write (only gd / selfgd rows need one)")
     descriptor = descriptor or g["descriptor"]

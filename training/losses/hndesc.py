@@ -225,6 +225,9 @@ class Loss(nn.Module):
         if path not in self._images:
             from ..datasets.base import read_image, resize_long_side
 
+            if len(self._images) >= 256:  # bounded: a large training set must not fill the memory
+                self._images.pop(next(iter(self._images)))
+
             g = self.conf["gd"]
             img = read_image(path)
             if img is None:
@@ -321,7 +324,11 @@ class Loss(nn.Module):
         neg = None
         if self.conf["mining"] in ("gd", "selfgd"):
             # crops of the views' size, so that everything goes through ONE model forward (DDP)
-            neg = self._neighbour_crops(model, batch, (int(v0.shape[-2]), int(v0.shape[-1])))
+            if "nb_valid" in batch:  # gd: the neighbour crops came with the batch (data workers)
+                ok = batch["nb_valid"]
+                neg = (batch["nb_image"][ok], batch["nb_kpts"][ok], batch["nb_mask"][ok]) if bool(ok.any()) else None
+            else:
+                neg = self._neighbour_crops(model, batch, (int(v0.shape[-2]), int(v0.shape[-1])))
             if neg is not None:
                 x, kp, m = (t.to(v0.device) for t in neg)
                 images.append(x)
