@@ -229,11 +229,11 @@ def test_paper_config_trains_two_steps_and_exports(paper_data, name, tmp_path, m
     ck = torch.load(out / "checkpoint_last.pt", weights_only=True)
     key = next(k for k in ck["model"] if k.endswith("weight"))
     assert torch.equal(model.net.state_dict()[key], ck["model"][key])  # the conf runs the trained weights
-    img = cv2.imread(str(paper_data["images"][0]))[:, :, ::-1].copy()
+    img = cv2.resize(cv2.imread(str(paper_data["images"][0])), (160, 120))[:, :, ::-1].copy()
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         pred = model({"image": x})
-    assert pred["descriptors"].shape[1] == 128 and pred["keypoints"].shape[1] > 50
+    assert pred["descriptors"].shape[1] == 128 and pred["keypoints"].shape[1] > 20
 
 
 def test_caps_encoder_starts_from_a_torchvision_resnet50_file(paper_data, tmp_path):
