@@ -284,3 +284,19 @@ def test_caps_row_under_torchrun_two_processes(paper_data, tmp_path):
     assert summary["world_size"] == 2 and summary["finished"]
     a, b = summary["param_checksums"]
     assert a == b and summary["last"]["extra_negs"] > 0
+
+
+def test_r2d2_row_under_bf16_autocast_on_cpu(paper_data, tmp_path):
+    """The AMP path of the HNDesc loss (dense map cast back to float32 before sampling and AP) runs under
+    bf16 autocast, here on CPU: finite loss and AP, float32 exported weights."""
+    import json
+
+    from hndesc_features.training.config import load_config
+    from hndesc_features.training.trainer import run
+
+    s = run(load_config(f"{PAPER}/r2d2_ca_st_megadepth", SMOKE + ["train.amp=bf16"]), tmp_path / "bf16")
+    assert s["finished"]
+    recs = [json.loads(x) for x in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) and 0 < r["ap"] <= 1 for r in recs if r["split"] == "train")
+    obj = torch.load(tmp_path / "bf16" / "hndesc_r2d2_ca_st_megadepth.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in obj["state_dict"].values() if v.is_floating_point())
