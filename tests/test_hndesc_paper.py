@@ -240,7 +240,6 @@ def test_caps_encoder_starts_from_a_torchvision_resnet50_file(paper_data, tmp_pa
     """train.init_weights = torchvision's ResNet-50 state dict (the paper's ImageNet start): conv1 / bn1 /
     layer1-3 fill the encoder, layer4 / fc are ignored, the decoder keeps its initialisation; another
     file is refused with a message naming what is missing."""
-    from hndesc_features.models.checkpoints import CheckpointError
     from hndesc_features.models.hndesc_caps import HNDescCAPS
     from hndesc_features.training.config import load_config
     from hndesc_features.training.trainer import Trainer

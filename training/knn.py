@@ -192,36 +192,33 @@ def _global_descriptors(paths, names, descriptor, conf, g, weights, netvlad_weig
 
 
 def self_descriptor_model(conf: dict, weights: Optional[str] = None) -> nn.Module:
-    """The config's backbone for selfgd: ``weights`` (exported file, or a run folder → its exported
-    ``<name>.pt``, else its last checkpoint), else ``train.init_weights``, else the seeded initialisation."""
-    from hndesc_features.models.checkpoints import build_model, load_weights, safe_load
+    """The config's backbone for selfgd: ``weights`` (an exported file, or a run folder → its exported
+    ``<name>.pt``, else its last checkpoint), else ``train.init_weights``, else the initialisation seeded
+    with ``train.seed`` (what the trainer starts from)."""
+    from hndesc_features import weights as registry
+    from hndesc_features.models.checkpoints import FORMAT, build_model, load_weights, safe_load
 
     arch = conf["model"]["name"]
-    model = build_model(arch, {k: v for k, v in conf["model"].items() if k != "name"})
-    src = weights
-    if src and Path(src).is_dir():
-        run = Path(src)
+    if weights and Path(weights).is_dir():
+        run = Path(weights)
         exported = run / f"{conf.get('name', '')}.pt"
-        if exported.is_file():
-            src = exported
-        else:
-            ck = safe_load(run / "checkpoint_last.pt", "checkpoint")
-            model.load_state_dict(ck["model"])
+        if not exported.is_file():
+            model = build_model(arch, {k: v for k, v in conf["model"].items() if k != "name"})
+            model.load_state_dict(safe_load(run / "checkpoint_last.pt", "checkpoint")["model"])
             return model.eval()
-    if src:
-        loaded, _ = load_weights(src, arch)
-        return loaded.eval()
+        weights = exported
+    if weights:
+        return load_weights(weights, arch)[0].eval()
     torch.manual_seed(int((conf.get("train") or {}).get("seed", 0)))
     model = build_model(arch, {k: v for k, v in conf["model"].items() if k != "name"})
     init = (conf.get("train") or {}).get("init_weights")
     if init:
-        from hndesc_features import weights as registry
-
-        obj = safe_load(registry.resolve(init, what="train.init_weights"), "train.init_weights")
-        if hasattr(model, "load_pretrained") and obj.get("format") is None:
-            model.load_pretrained(obj, str(init))
+        path = registry.resolve(init, what="train.init_weights")
+        obj = safe_load(path, "train.init_weights")
+        if obj.get("format") != FORMAT and hasattr(model, "load_pretrained"):
+            model.load_pretrained(obj, str(path))
         else:
-            model.load_state_dict(load_weights(registry.resolve(init), arch, obj=obj)[1]["state_dict"])
+            model.load_state_dict(load_weights(path, arch, obj=obj)[1]["state_dict"])
     return model.eval()
 
 
