@@ -278,3 +278,44 @@ def test_init_weights_starts_from_an_exported_file(uninterrupted, tmp_path):
         run(other, tmp_path / "bad")
     with pytest.raises(CheckpointError, match="weights file .*not found"):
         run(tiny_conf(steps=1, init_weights=str(tmp_path / "missing.pt")), tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------- the GPU path, on CPU
+def test_data_workers_never_exceed_the_cores():
+    from hndesc_features.training.trainer import num_workers_for
+
+    assert num_workers_for("auto", cpus=2) == 1  # one core stays with the training loop
+    assert num_workers_for("auto", cpus=32) == 8
+    assert num_workers_for("auto", local_world=2, cpus=2) == 0  # two processes on two cores
+    assert num_workers_for(5, cpus=2) == 2 and num_workers_for(1, cpus=2) == 1
+    with pytest.raises(ValueError, match="num_workers"):
+        num_workers_for(-1)
+
+
+def test_amp_modes():
+    from hndesc_features.training.trainer import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype(False, cpu) is None and amp_dtype("auto", cpu) is None  # auto: GPUs only
+    assert amp_dtype("bf16", cpu) is torch.bfloat16
+    assert amp_dtype("fp16", cpu) is None  # fp16 autocast needs CUDA: full precision instead
+    with pytest.raises(ValueError, match="train.amp"):
+        amp_dtype("fp8", cpu)
+
+
+def test_bf16_autocast_trains_on_cpu_without_pinned_memory(tmp_path):
+    """train.amp=bf16 runs the forward under CPU autocast (finite loss, float32 weights and export), and
+    a CPU run neither pins memory nor warns about it; 'auto' workers on this machine."""
+    import warnings
+
+    from hndesc_features.training.trainer import Trainer, cpus_available
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "pin_memory ... no accelerator is found"
+        tr = Trainer(tiny_conf(steps=2, amp="bf16", num_workers="auto"), tmp_path / "bf16")
+        assert tr.loader.pin_memory is False and tr.amp_dtype is torch.bfloat16
+        assert tr.num_workers == max(0, min(8, cpus_available() - 1))
+        s = tr.train()
+    assert s["finished"] and all(torch.isfinite(torch.tensor(v)) for _, v in losses(tmp_path / "bf16"))
+    obj = torch.load(tmp_path / "bf16" / "tiny_residual.pt", weights_only=True)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in obj["state_dict"].values())

@@ -25,6 +25,9 @@ Two stylizers:
 
 CLI: ``python -m hndesc_features.training.stylize --help``. Output layout: ``OUT/<relative path without
 extension>/<style>_<k>.jpg`` (``stylized_versions(OUT, rel)`` lists them for a dataset).
+``python -m hndesc_features.training.stylize CONFIG`` stylizes exactly the training images of a config
+(``data.source``) into the folders its ``loss.stylize.root`` names (one beside each dataset root,
+``loss.stylize.rel_to``); a re-run only writes what is missing (resumable), with a progress bar.
 Grayscale images get a lightness-only transfer plus the style's mean tint (with a warning);
 images smaller than ``--min-size`` px are skipped with a warning.
 """
@@ -265,6 +268,19 @@ def stylized_versions(out_dir, rel_path) -> list[Path]:
     return sorted(d.glob("*.jpg")) if d.is_dir() else []
 
 
+def stylized_roots(sconf: dict) -> list[tuple[Path, Path]]:
+    """(image root, stylized root) pairs of ``loss.stylize`` (``rel_to`` / ``root``, lists or single)."""
+    from .datasets.base import expand
+
+    roots, rels = sconf.get("root"), sconf.get("rel_to")
+    roots = roots if isinstance(roots, (list, tuple)) else [roots]
+    rels = rels if isinstance(rels, (list, tuple)) else [rels] * len(roots)
+    if len(rels) != len(roots):
+        raise ValueError(f"loss.stylize.root ({len(roots)}) and loss.stylize.rel_to ({len(rels)}) must "
+                         "list as many folders")
+    return [(expand(r) if r is not None else None, expand(s)) for r, s in zip(rels, roots)]
+
+
 def default_style_photos(data_dir: Optional[Path] = None) -> dict[str, list[Path]]:
     if data_dir is None:
         from .datasets.dev_images import shared_data_dir
@@ -312,6 +328,9 @@ def stylize_images(images: Sequence[tuple[Path, Path]], out_dir, stylizer, style
     out_dir = Path(out_dir)
     n_written = n_skipped = 0
     for path, rel in tqdm(images, desc="stylize", unit="img"):
+        done = out_dir / Path(rel).with_suffix("")
+        if not overwrite and all((done / f"{st}_{k:02d}.jpg").exists() for st in styles for k in range(per_style)):
+            continue  # resumed run: this image is complete
         try:
             rgb = read_rgb(path)
         except OSError as e:
@@ -334,9 +353,46 @@ def stylize_images(images: Sequence[tuple[Path, Path]], out_dir, stylizer, style
                 if f.exists() and not overwrite:
                     continue
                 out = stylizer(rgb, style)
-                cv2.imwrite(str(f), cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+                ok, buf = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+                tmp = f.with_suffix(".partial")  # atomic: an interrupted run leaves no truncated copy
+                tmp.write_bytes(buf.tobytes())
+                tmp.replace(f)
                 n_written += 1
     return {"written": n_written, "skipped": n_skipped}
+
+
+def config_jobs(config: str, overrides: Sequence[str] = ()) -> list[tuple[list[tuple[Path, Path]], Path]]:
+    """(images with their paths relative to a dataset root, stylized folder) per dataset root of a
+    training config whose ``loss.stylize.mode`` is ``pregenerated``."""
+    from .config import load_config
+    from .datasets.image_folder import source_paths
+
+    conf = load_config(config, overrides)
+    sc = {"mode": "online", "root": None, "rel_to": None, **((conf.get("loss") or {}).get("stylize") or {})}
+    if sc["mode"] != "pregenerated" or sc.get("root") is None:
+        raise ValueError(f"config {config}: loss.stylize.mode is {sc['mode']!r} (with root {sc.get('root')}); "
+                         "only a config that reads pre-generated copies (mode: pregenerated, root) has any to write")
+    paths = [Path(p) for p in source_paths(conf["data"].get("source"))]
+    jobs = []
+    for rel_to, root in stylized_roots(sc):
+        if rel_to is None:
+            imgs = [(p, Path(p.name)) for p in paths]
+        else:
+            imgs = [(p, p.relative_to(rel_to)) for p in paths if p.is_relative_to(rel_to)]
+        jobs.append((imgs, root))
+    return jobs
+
+
+def _is_config(arg: str) -> bool:
+    if Path(arg).exists() and not arg.endswith((".yaml", ".yml")):
+        return False
+    from .config import ConfigError, resolve_config_path
+
+    try:
+        resolve_config_path(arg)
+        return True
+    except ConfigError:
+        return False
 
 
 def parse_styles(items: Optional[Sequence[str]]) -> Optional[dict[str, list[Path]]]:
@@ -357,8 +413,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Pre-generate photorealistic stylized copies of training images (HNDesc). "
                     "Pixel-wise colour/tone transfer toward real dusk/night photos (default) or a "
                     "user-provided style network (torch.export/TorchScript); geometry is never changed.")
-    ap.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    ap.add_argument("-o", "--output", required=True, help="output folder (OUT/<rel path>/<style>_<k>.jpg)")
+    ap.add_argument("inputs", nargs="+",
+                    help="a training config (name under confs/train/ or .yaml path, then optional key=value "
+                         "overrides): its training images into its loss.stylize.root folders; or image files "
+                         "and/or folders (searched recursively) with --output")
+    ap.add_argument("-o", "--output", help="output folder (OUT/<rel path>/<style>_<k>.jpg); not with a config")
     ap.add_argument("--style", action="append", metavar="NAME=PHOTO[,PHOTO...]",
                     help="a style and its real style photos (repeatable); default: dusk and night "
                          "photos from the training split of ../shared/data/photos")
@@ -371,19 +430,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     try:
+        if _is_config(args.inputs[0]):
+            if args.output:
+                raise ValueError("--output is not used with a training config (its loss.stylize.root is)")
+            jobs = config_jobs(args.inputs[0], args.inputs[1:])
+        else:
+            if not args.output:
+                raise ValueError("give --output for image files / folders (or a training config)")
+            jobs = [(list_images(args.inputs), Path(args.output))]
         photos = parse_styles(args.style) or default_style_photos()
         if args.method == "stats":
             stylizer = StatsStylizer(photos, seed=args.seed, min_size=args.min_size)
         else:
             stylizer = NeuralStylizer(args.net, photos, seed=args.seed)
-        images = list_images(args.inputs)
     except (FileNotFoundError, OSError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     random.seed(args.seed)
-    res = stylize_images(images, args.output, stylizer, list(photos), args.per_style, args.min_size,
-                         args.overwrite)
-    print(f"{res['written']} stylized images written to {args.output} ({res['skipped']} inputs skipped)")
+    for images, out in jobs:
+        res = stylize_images(images, out, stylizer, list(photos), args.per_style, args.min_size, args.overwrite)
+        print(f"{res['written']} stylized images written to {out} ({len(images)} inputs, "
+              f"{res['skipped']} skipped)")
     return 0
 
 

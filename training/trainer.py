@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ DEFAULT_TRAIN = {
     "seed": 0,
     "steps": 1000,
     "batch_size": 8,  # global (split over DDP ranks)
+    # data workers per process: an int (capped at the cores this process may use), or "auto": those
+    # cores minus one for the training loop, at most 8 (num_workers_for)
     "num_workers": 0,
     "threads": None,  # torch.set_num_threads per process (None: leave torch's default)
     "optimizer": "adam",
@@ -63,6 +66,14 @@ DEFAULT_TRAIN = {
     # its file name, e.g. hndesc_patch.pt) instead of the initialisation; its architecture must fit the
     # model conf (checked). --resume ignores it: the checkpoint wins.
     "init_weights": None,
+    # ---- GPU path (every option is a no-op on CPU unless said otherwise)
+    # mixed precision: false | auto (CUDA: bf16 where the GPU supports it, else fp16 with loss scaling;
+    # CPU: off) | bf16 (also on CPU: bf16 autocast) | fp16 (CUDA only, with loss scaling)
+    "amp": False,
+    "cudnn_benchmark": True,  # CUDA: cudnn picks the fastest kernels for the (fixed) crop size
+    "channels_last": False,  # CUDA: NHWC weights (faster convolutions under AMP, e.g. the CAPS ResNet)
+    "sync_bn": False,  # DDP on CUDA: batch-norm statistics over the global batch
+    "find_unused_parameters": False,  # DDP: a model with parameters its forward does not use (CAPS conv_coarse)
 }
 
 
@@ -316,6 +327,16 @@ class Trainer:
         self.model = build_model(self.arch, _strip(conf["model"])).to(self.device)
         if ck is None and self.tc.get("init_weights"):
             self._init_from(self.tc["init_weights"])
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = bool(self.tc["cudnn_benchmark"])
+            if self.tc["channels_last"]:
+                self.model = self.model.to(memory_format=torch.channels_last)
+            if self.tc["sync_bn"] and self.world > 1:
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.amp_dtype = amp_dtype(self.tc["amp"], self.device)
+        # loss scaling for fp16 only (bf16 has float32's range); disabled it is a pass-through
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_fn = self.method.Loss(conf["loss"]).to(self.device)
         params = param_groups(self.model, self.loss_fn, float(self.tc["lr"]), self.tc.get("lr_groups") or {})
         if self.tc["optimizer"].lower() == "adam":
@@ -338,6 +359,8 @@ class Trainer:
                 self.loss_fn.load_state_dict(ck["loss"])
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
+            if ck.get("scaler") and self.scaler.is_enabled():  # a GPU fp16 run resumed on CPU drops it
+                self.scaler.load_state_dict(ck["scaler"])
             self.step = int(ck["step"])
             self.elapsed = float(ck.get("elapsed", 0.0))
             self.best = ck.get("best")
@@ -351,7 +374,7 @@ class Trainer:
         if self.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(self.tc.get("find_unused_parameters", False)))
+                find_unused_parameters=bool(self.tc["find_unused_parameters"]))
 
         self.dataset = build_dataset(conf["data"], "train")
         prepared = PreparedDataset(self.dataset, getattr(self.method, "prepare", None), conf)
@@ -360,11 +383,13 @@ class Trainer:
         self._prepared, self._collate, self._pbn_batches = prepared, collate, None
         self.sampler = StepBatchSampler(len(self.dataset), int(self.tc["batch_size"]), int(self.tc["seed"]),
                                         self.rank, self.world, self.step)
-        nw = int(self.tc["num_workers"])
+        nw = num_workers_for(self.tc["num_workers"], int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        self.num_workers = nw
         self.loader = torch.utils.data.DataLoader(
             prepared, batch_sampler=self.sampler, num_workers=nw, collate_fn=collate,
             worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(int(self.tc["seed"])),
-            persistent_workers=False, prefetch_factor=2 if nw > 0 else None)
+            persistent_workers=False, prefetch_factor=(4 if cuda else 2) if nw > 0 else None,
+            pin_memory=cuda)  # page-locked host memory only where an accelerator reads it
 
         self.val_conf = conf.get("val", {}) or {}
         self.val_pairs = None
@@ -378,14 +403,22 @@ class Trainer:
                 yaml.safe_dump(conf, f, sort_keys=False)
 
     def _init_from(self, path) -> None:
+        """``train.init_weights``: one of our exported weights files of this architecture, or — for a
+        model with ``load_pretrained(state_dict)`` (the CAPS backbone: torchvision's ImageNet ResNet-50
+        file, as the paper starts) — a foreign state dict it maps onto its own layers."""
         from hndesc_features import weights as registry
-        from hndesc_features.models.checkpoints import load_weights
+        from hndesc_features.models.checkpoints import FORMAT, load_weights, safe_load
 
         try:
             p = registry.resolve(path, what="train.init_weights")
         except FileNotFoundError as e:
             raise CheckpointError(str(e)) from None
-        _, obj = load_weights(p, self.arch)
+        obj = safe_load(p, "train.init_weights")
+        if obj.get("format") != FORMAT and hasattr(self.model, "load_pretrained"):
+            n = self.model.load_pretrained(obj, str(p))
+            logger.info("initialised %d tensors from %s", n, p)
+            return
+        _, obj = load_weights(p, self.arch, obj=obj)
         check_state_dict(self.model, obj["state_dict"], f"train.init_weights '{p}'")
         self.model.load_state_dict(obj["state_dict"])
         logger.info("initialised from %s", p)
@@ -489,6 +522,7 @@ class Trainer:
                 "format": CKPT_FORMAT, "arch": self.arch, "config": self.conf, "step": self.step,
                 "model": self.model.state_dict(), "loss": self.loss_fn.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                 "rng": rngs, "elapsed": self.elapsed, "best": self.best, "world_size": self.world,
             }, self.output / CKPT_NAME)
         D.barrier()
@@ -497,8 +531,8 @@ class Trainer:
         path = Path(path) if path else self.output / f"{self.conf['name']}.pt"
         meta = {"name": self.conf["name"], "step": self.step, "train_seconds": round(self.elapsed, 1),
                 "config": json.dumps(self.conf, sort_keys=True)}
-        return export_weights(path, self.arch, getattr(self.model, "conf", _strip(self.conf["model"])),
-                              self.model.state_dict(), meta)
+        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}  # channels_last → plain
+        return export_weights(path, self.arch, getattr(self.model, "conf", _strip(self.conf["model"])), state, meta)
 
     # ---------------------------------------------------------------- loop
     def train(self) -> dict:
@@ -520,16 +554,21 @@ class Trainer:
                 self._track_best(res)
                 tqdm.write("[val step 0] " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
             D.barrier()
+        t_log, step_log = time.time(), self.step
         while self.step < self.total:
             batch = to_device(next(it), self.device)
-            loss, logs = self.loss_fn(self.ddp_model, batch)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                loss, logs = self.loss_fn(self.ddp_model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {self.step}: {loss.item()}")
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             if tc["grad_clip"]:
+                self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(tc["grad_clip"]))
-            self.opt.step()
+            self.scaler.step(self.opt)
+            self.scaler.update()
             self.sched.step()
             self.step += 1
             self.elapsed = time.time() - t_start
@@ -538,6 +577,10 @@ class Trainer:
                 vals = D.mean_across(vals)
                 vals["lr"] = self.opt.param_groups[0]["lr"]
                 vals["time"] = self.elapsed
+                now = time.time()  # throughput since the last log (global batch: 2 views per pair)
+                vals["steps_per_s"] = (self.step - step_log) / max(now - t_log, 1e-9)
+                vals["images_per_s"] = vals["steps_per_s"] * 2 * int(tc["batch_size"])
+                t_log, step_log = now, self.step
                 self.log("train", self.step, vals)
                 last_logs = vals
                 pbar.set_postfix(loss=f"{vals['loss']:.4f}")
@@ -585,6 +628,47 @@ class Trainer:
                 self.writer.close()
         D.barrier()
         return summary
+
+
+def cpus_available() -> int:
+    """Cores this process may run on (its affinity mask; the machine's count where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def num_workers_for(requested, local_world: int = 1, cpus: Optional[int] = None) -> int:
+    """DataLoader workers of one process: ``"auto"`` = its share of the cores minus one (the training
+    loop), at most 8; an int is capped at that share — never more workers than cores."""
+    share = max(1, (cpus or cpus_available()) // max(1, int(local_world)))
+    if requested in (None, "auto"):
+        return max(0, min(8, share - 1))
+    n = int(requested)
+    if n < 0:
+        raise ValueError(f"train.num_workers must be >= 0 or 'auto', got {requested}")
+    if n > share:
+        logger.warning("train.num_workers=%d but this process has %d core(s): using %d workers", n, share, share)
+        return share
+    return n
+
+
+def amp_dtype(mode, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: full precision)."""
+    if mode in (None, False, "false", "off", "none"):
+        return None
+    if mode in ("auto", True):
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "fp16":
+        if device.type != "cuda":
+            logger.warning("train.amp=fp16 needs a CUDA device: training in full precision on %s", device)
+            return None
+        return torch.float16
+    raise ValueError(f"train.amp must be false, auto, bf16 or fp16, got {mode!r}")
 
 
 def limit_threads(n: int) -> None:

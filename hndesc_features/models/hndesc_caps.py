@@ -154,6 +154,32 @@ class HNDescCAPS(DenseExtract, nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.forward_features(self.normalize_input(image))
 
+    #: torchvision ResNet-50 names → ours (the encoder the paper starts from ImageNet weights)
+    RESNET_NAMES = {"conv1.": "firstconv.", "bn1.": "firstbn.", "layer1.": "layer1.", "layer2.": "layer2.",
+                    "layer3.": "layer3."}
+
+    def load_pretrained(self, obj: dict, source: str = "weights") -> int:
+        """Start training from torchvision's ImageNet ResNet-50 state dict (``resnet50-*.pth``, as
+        the reference's ``resnet50(pretrained=True)``): its conv1/bn1/layer1-3 tensors fill the
+        encoder (layer4 and fc are not part of the network; the decoder keeps its initialisation).
+        Returns the number of tensors loaded; a file that is not a ResNet-50 is an error."""
+        state = state_dict_of(obj, source)
+        own = self.state_dict()
+        mapped = {}
+        for k, v in state.items():
+            prefix = next((p for p in self.RESNET_NAMES if k.startswith(p)), None)
+            if prefix is not None:
+                mapped[self.RESNET_NAMES[prefix] + k[len(prefix):]] = v
+        encoder = [k for k in own if k.split(".")[0] in ("firstconv", "firstbn", "layer1", "layer2", "layer3")]
+        missing = [k for k in encoder if k not in mapped]
+        shape = [k for k in encoder if k in mapped and tuple(mapped[k].shape) != tuple(own[k].shape)]
+        if missing or shape:
+            raise ValueError(f"{source} is not a torchvision ResNet-50 state dict: "
+                             f"{len(missing)} encoder tensors missing (e.g. {missing[:2]}), "
+                             f"{len(shape)} of another shape (e.g. {shape[:2]})")
+        self.load_state_dict({k: mapped[k] for k in encoder}, strict=False)
+        return len(encoder)
+
 
 # --------------------------------------------------------------------------- checkpoints
 STRIP_PREFIXES = ("module.", "net.")

@@ -58,9 +58,11 @@ REGISTRY = {
     "kcc_orb_stage1": Entry("kcc", "Markus KCC patch CNN, stage 1 (start of the fine-tune)",
                             "python -m hndesc_features.training.train kcc_orb"),
     "hndesc_caps": Entry("hndesc_caps", "the paper's HNDesc-CAPS (ResNet-50 U-Net) released checkpoint",
-                         f"download it from {HNDESC_RELEASE}", shipped=False),
+                         f"download it from {HNDESC_RELEASE} (or train a CAPS row of confs/train/hndesc_paper/ "
+                         "and `python -m hndesc_features.training.export RUN --name hndesc_caps`)", shipped=False),
     "hndesc_r2d2": Entry("hndesc_r2d2", "the paper's HNDesc-R2D2 released checkpoint",
-                         f"download it from {HNDESC_RELEASE}", shipped=False),
+                         f"download it from {HNDESC_RELEASE} (or train an R2D2 row of confs/train/hndesc_paper/ "
+                         "and `python -m hndesc_features.training.export RUN --name hndesc_r2d2`)", shipped=False),
     "superpoint": Entry("superpoint", "Magic Leap's SuperPoint (superpoint_v1.pth), the keypoints of the *_sp confs",
                         f"take superpoint_v1.pth from {SUPERPOINT_RELEASE}", shipped=False),
 }

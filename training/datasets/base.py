@@ -115,7 +115,14 @@ def expand(path) -> Path:
         path = path.replace("${HNDESC_SHARED_DATA}", str(d)).replace("$HNDESC_SHARED_DATA", str(d))
     for k, v in DEFAULT_ENV.items():
         path = path.replace(f"${{{k}}}", os.environ.get(k, v)).replace(f"${k}", os.environ.get(k, v))
-    return Path(os.path.expandvars(os.path.expanduser(path)))
+    out = os.path.expandvars(os.path.expanduser(path))
+    import re
+
+    unset = re.findall(r"\$\{?(HNDESC_[A-Z_]+)", out)
+    if unset:  # e.g. ${HNDESC_MEGADEPTH} of the paper's training configs
+        raise FileNotFoundError(f"'{path}': set the environment variable {unset[0]} (a dataset folder, "
+                                "see training/README.md)")
+    return Path(out)
 
 
 def list_images(root, recursive: bool = True, exts: Sequence[str] = IMAGE_EXTS) -> list[Path]:

@@ -23,7 +23,7 @@ from .image_folder import ImageLoader, source_paths
 class HomographyPairs(BaseDataset):
     default_conf = {
         "source": None,  # an image source spec (sources.py); None → {name: dev_images, split: train}
-        "resize": [640, 1024],  # long side of the source image, uniform in this range
+        "resize": [640, 1024],  # long side of the source image, uniform in this range (null: as loaded)
         "load_max_side": 1600,  # images are downscaled to this once at load (and cached)
         "cache": True,
         "grayscale": False,
@@ -44,8 +44,11 @@ class HomographyPairs(BaseDataset):
 
     def get(self, index, rng, seed):
         i, img = self.loader.load(index % len(self.paths))
-        lo, hi = self.conf["resize"]
-        img = resize_long_side(img, rng.uniform(lo, hi), min_side=self.min_side)
+        if self.conf["resize"] is None:  # the stored resolution (capped at load_max_side), as the reference crops
+            img = resize_long_side(img, max(img.shape[:2]), min_side=self.min_side)
+        else:
+            lo, hi = self.conf["resize"]
+            img = resize_long_side(img, rng.uniform(lo, hi), min_side=self.min_side)
         return self.pair_sample(img, rng, seed, str(self.paths[i]))
 
     def pair_sample(self, img, rng, seed, name: str, image1=None, extra: dict | None = None) -> dict:
@@ -61,4 +64,8 @@ class HomographyPairs(BaseDataset):
             "H_0to1": torch.from_numpy(pair["H_0to1"].astype(np.float32)),
             "valid0": torch.from_numpy(pair["valid0"]), "valid1": torch.from_numpy(pair["valid1"]),
             "name": name, "seed": int(seed), **(extra or {}),
+            # image→view-1 homography and the (resized) image size: a pre-generated stylized copy of
+            # the image is warped into view 1 with them (loss.stylize.mode: pregenerated)
+            **({"A1": torch.from_numpy(np.asarray(pair["A1"], np.float64)),
+                "source_hw": torch.tensor(img.shape[:2])} if image1 is None else {}),
         }

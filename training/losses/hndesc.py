@@ -42,6 +42,7 @@ logger = logging.getLogger("hndesc_features")
 
 
 MINING_MODES = ("in_pair", "in_batch", "gd", "selfgd")
+DEV_TRAIN = {"name": "dev_images", "split": "train"}  # loss.gd.images: null
 
 
 # ---------------------------------------------------------------------------------- AP
@@ -193,9 +194,9 @@ def describe(model: nn.Module, images: torch.Tensor, keypoints: torch.Tensor) ->
         B, N = keypoints.shape[:2]
         with torch.no_grad():
             patches = torch.cat([net.patches(images[b], keypoints[b]) for b in range(B)])
-        return model(patches).view(B, N, -1)
+        return model(patches).float().view(B, N, -1)
     keypoints = keypoints[..., :2]
-    dense = model(images)
+    dense = model(images).float()  # under autocast (train.amp): sample and score in float32
     d = sample_descriptors(dense, keypoints, tuple(images.shape[-2:]), net.sampling, net.stride)
     return d.transpose(1, 2)
 
@@ -217,12 +218,15 @@ class Loss(nn.Module):
     def _train_paths(self) -> list[str]:
         from ..datasets.image_folder import source_paths
 
-        return [str(p) for p in source_paths(self.conf["gd"]["images"])]
+        return [str(p) for p in source_paths(self.conf["gd"]["images"] or DEV_TRAIN)]
 
     def _load_neighbour(self, path: str, size: int):
         """(H×W×3 uint8 image resized for cropping, its DoG keypoints), cached."""
         if path not in self._images:
             from ..datasets.base import read_image, resize_long_side
+
+            if len(self._images) >= 256:  # bounded: a large training set must not fill the memory
+                self._images.pop(next(iter(self._images)))
 
             g = self.conf["gd"]
             img = read_image(path)
@@ -245,7 +249,13 @@ class Loss(nn.Module):
             if not g["knn_file"]:
                 raise ValueError("loss.mining=gd needs loss.gd.knn_file: an hloc global-features .h5 "
                                  "(e.g. NetVLAD) or a retrieval pairs .txt of the training images")
-            self.index = KNNIndex(g["knn_file"], self._train_paths(), int(g["k"]), bool(g["allow_unknown"]))
+            from ..datasets.base import expand
+
+            path = expand(g["knn_file"])
+            if not path.is_file():
+                raise FileNotFoundError(f"loss.gd.knn_file {path} not found: write it with `python -m "
+                                        "hndesc_features.training.knn CONFIG` (the neighbours of the training images)")
+            self.index = KNNIndex(path, self._train_paths(), int(g["k"]), bool(g["allow_unknown"]))
         if mode == "selfgd":
             if self.index is None:
                 from ..datasets.base import read_image, resize_long_side
@@ -314,7 +324,11 @@ class Loss(nn.Module):
         neg = None
         if self.conf["mining"] in ("gd", "selfgd"):
             # crops of the views' size, so that everything goes through ONE model forward (DDP)
-            neg = self._neighbour_crops(model, batch, (int(v0.shape[-2]), int(v0.shape[-1])))
+            if "nb_valid" in batch:  # gd: the neighbour crops came with the batch (data workers)
+                ok = batch["nb_valid"]
+                neg = (batch["nb_image"][ok], batch["nb_kpts"][ok], batch["nb_mask"][ok]) if bool(ok.any()) else None
+            else:
+                neg = self._neighbour_crops(model, batch, (int(v0.shape[-2]), int(v0.shape[-1])))
             if neg is not None:
                 x, kp, m = (t.to(v0.device) for t in neg)
                 images.append(x)

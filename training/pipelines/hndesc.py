@@ -20,6 +20,7 @@ from hndesc_features.config import merge
 from hndesc_features.handcrafted import cv2_gray, dog_frames, dog_keypoints, rgb_u8
 
 from ..geometry.homography import angle_diff, transfer_frames, warp_image, warp_points
+from ..knn import GD_DEFAULT
 
 
 def pick_negative_window(image_hw: tuple[int, int], keypoints: np.ndarray, crop,
@@ -66,13 +67,15 @@ DEFAULT_CONF = {
     "keypoints": {"max": 200, "min": 16, "contrast_threshold": 0.005},
     "augment": {"enable": True, "p_color": 0.6, "p_blur": 0.3, "p_noise": 0.1},
     # second crop from a stylized version with probability p (reference: 0.7).
-    # mode online: StatsStylizer colour map on the crop; pregenerated: copies written by
-    # `python -m hndesc_features.training.stylize` under `root` (needs samples with A1/source_hw); none.
+    # mode online: StatsStylizer colour map on the crop; pregenerated: one of the copies written by
+    # `python -m hndesc_features.training.stylize` (needs samples with A1/source_hw: the homographies
+    # dataset) — the copies of image ``rel_to/<rel>.jpg`` live in ``root/<rel>/<style>_<k>.jpg``; root and
+    # rel_to may be lists of the same length (one stylized folder per dataset root); an image without
+    # copies keeps its unstylized second crop, as the reference does; none.
     # styles: None (default dusk/night photos), {name: [photos]}, or "webcam" (training webcam scenes)
     "stylize": {"mode": "online", "p": 0.7, "root": None, "styles": None, "rel_to": None},
-    # neighbour crops have the size of the training crops (one forward pass)
-    "gd": {"knn_file": None, "k": 5, "pick": "first", "resize": 800, "max_kpts": 200,
-           "allow_unknown": False, "images": {"name": "dev_images", "split": "train"}},
+    # gd / selfgd neighbour crops (training/knn.py GD_DEFAULT documents the keys)
+    "gd": GD_DEFAULT,
     "selfgd": {"refresh_every": 500, "k": 5, "size": 256},
     # keypoint frames (x, y, size, angle) for patch backbones (hndesc_patch): the view-1 frame of
     # an anchor is the DoG frame detected within match_px of its true position (scale within
@@ -142,6 +145,9 @@ def _stylize_view1(sample: dict, sconf: dict, rng: np.random.Generator) -> torch
     return out
 
 
+_MISSING_WARNED: set = set()
+
+
 def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
     from ..stylize import read_rgb, stylized_versions
 
@@ -152,10 +158,30 @@ def _pregenerated_view1(sample: dict, sconf: dict, rng: np.random.Generator):
         raise ValueError("loss.stylize.mode=pregenerated needs samples with 'A1' (image→view1 "
                          "homography) and 'source_hw' (size of the resized source image); this "
                          "dataset does not provide them: use mode=online")
+    key = ("roots", repr(sconf.get("root")), repr(sconf.get("rel_to")))
+    if key not in _CACHE:
+        from ..stylize import stylized_roots
+
+        _CACHE[key] = stylized_roots(sconf)
     name = Path(sample["name"])
-    rel = name.relative_to(sconf["rel_to"]) if sconf.get("rel_to") else Path(name.name)
-    versions = stylized_versions(sconf["root"], rel)
+    versions = []
+    for rel_to, root in _CACHE[key]:
+        if rel_to is None:
+            versions = stylized_versions(root, Path(name.name))
+        elif name.is_relative_to(rel_to):
+            versions = stylized_versions(root, name.relative_to(rel_to))
+        else:
+            continue
+        break
     if not versions:
+        if len(_MISSING_WARNED) < 1:  # once per process: the run goes on with unstylized crops
+            _MISSING_WARNED.add(str(name))
+            import logging
+
+            logging.getLogger("hndesc_features").warning(
+                "no pre-generated stylized copies of %s (loss.stylize.root=%s): its second crop stays "
+                "unstylized; write them with `python -m hndesc_features.training.stylize CONFIG`",
+                name, sconf.get("root"))
         return None
     img = read_rgb(versions[rng.integers(len(versions))])
     h, w = [int(x) for x in sample["source_hw"]]
@@ -273,6 +299,62 @@ def mutual_sets(view0: torch.Tensor, view1: torch.Tensor, H: np.ndarray, valid0,
     return out
 
 
+def knn_index(g: dict):
+    """The ``loss.gd`` neighbour index of this process (built once per data worker)."""
+    from ..datasets.base import expand
+    from ..datasets.image_folder import source_paths
+    from ..knn import KNNIndex
+
+    key = ("knn", str(g["knn_file"]), repr(g["images"]), int(g["k"]))
+    if key not in _CACHE:
+        path = expand(g["knn_file"])
+        if not path.is_file():
+            raise FileNotFoundError(f"loss.gd.knn_file {path} not found: write it with `python -m "
+                                    "hndesc_features.training.knn CONFIG` (the neighbours of the training images)")
+        train = [str(p) for p in source_paths(g["images"] or {"name": "dev_images", "split": "train"})]
+        _CACHE[key] = KNNIndex(path, train, int(g["k"]), bool(g["allow_unknown"]))
+    return _CACHE[key]
+
+
+def neighbour_crop(name: str, lc: dict, rng: np.random.Generator, hw: tuple[int, int]) -> dict:
+    """gd mining's hard-negative crop for a training image (as the reference's dataset does): a kNN
+    neighbour image (``loss.gd``), its window of the views' size richest in DoG keypoints, those
+    keypoints (padded to ``gd.max_kpts``) and the colour augmentation. ``nb_valid`` False: no neighbour."""
+    from ..datasets.base import read_image, resize_long_side
+
+    g, (h, w) = lc["gd"], hw
+    n, c = int(g["max_kpts"]), (4 if lc["frames"]["enable"] else 2)
+    out = {"nb_image": torch.zeros(3, h, w), "nb_kpts": torch.zeros(n, c), "nb_mask": torch.zeros(n, dtype=torch.bool),
+           "nb_valid": torch.tensor(False)}
+    nbs = knn_index(g)(name)
+    if not nbs:
+        return out
+    nb = nbs[0] if g["pick"] == "first" else nbs[int(rng.integers(len(nbs)))]
+    img = read_image(nb)
+    if img is None:
+        return out
+    img = resize_long_side(img, float(g["resize"]), min_side=max(h, w))
+    import cv2
+
+    gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    ct = float(lc["keypoints"]["contrast_threshold"])
+    kp = dog_frames(gray, 5000, ct, unique=True) if c == 4 else dog_keypoints(gray, 5000, ct)
+    y0, x0 = pick_negative_window(img.shape[:2], kp, (h, w), 5, random.Random(int(rng.integers(2**31))))
+    sel = (kp[:, 0] >= x0) & (kp[:, 0] < x0 + w) & (kp[:, 1] >= y0) & (kp[:, 1] < y0 + h)
+    k = kp[sel][:n].astype(np.float32).copy()
+    if len(k) == 0:
+        return out
+    k[:, :2] -= np.array([x0, y0], np.float32)
+    crop = torch.from_numpy(np.ascontiguousarray(img[y0:y0 + h, x0:x0 + w])).permute(2, 0, 1).float() / 255
+    if lc["augment"].get("enable", True):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**31)))
+            crop = _augmentation({a: v for a, v in lc["augment"].items() if a != "enable"})(crop[None])[0]
+    out["nb_image"] = crop.contiguous()
+    out["nb_kpts"][: len(k)], out["nb_mask"][: len(k)], out["nb_valid"] = torch.from_numpy(k), True, torch.tensor(True)
+    return out
+
+
 def prepare(sample: dict, conf: dict) -> dict:
     """Dataset pair → HNDesc training sample (runs in the data workers).
 
@@ -303,6 +385,8 @@ def prepare(sample: dict, conf: dict) -> dict:
            "kpts1": torch.from_numpy(k1), "kmask": torch.from_numpy(mask),
            "H_0to1": torch.as_tensor(H, dtype=torch.float32), "name": str(sample.get("name", "")),
            "seed": int(sample.get("seed", 0))}
+    if lc["mining"] == "gd" and lc["gd"]["knn_file"]:  # the neighbour crop, read here in the data workers
+        out.update(neighbour_crop(out["name"], lc, rng, tuple(view0.shape[-2:])))
     if float(lc["mutual"]["weight"]) > 0:  # frames found on the views before colour augmentation, as kp0/kp1
         ms = mutual_sets(sample["view0"], view1_raw, H, sample.get("valid0"), sample.get("valid1"), lc["mutual"],
                          float(lc["keypoints"]["contrast_threshold"]))
