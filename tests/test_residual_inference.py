@@ -166,3 +166,31 @@ def test_context_downsample_inference_override():
     torch.testing.assert_close(out["keypoints"], ref["keypoints"])
     cos = (out["descriptors"] * ref["descriptors"]).sum(1)  # hloc layout: 1×D×N
     assert cos.median() > 0.99 and (1 - cos).max() > 1e-5  # the same g, a slightly different g_ctx
+
+
+def test_torch_threads_scoped_and_quality_neutral():
+    """hf_residual runs its network on `torch_threads` threads (default 1) and gives the process its own
+    thread count back; the descriptors equal those computed at the process's thread count."""
+    from hndesc_features.extractors import load_model
+
+    if not (WEIGHTS_DIR / "residual_sift.pt").exists():
+        pytest.skip("residual_sift.pt not shipped")
+    x = torch.from_numpy(photo_1024("coffee.png")).permute(2, 0, 1)[None].float() / 255.0
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        m = load_model({"name": "hf_residual", "descriptor": "sift", "max_keypoints": 500})
+        assert m.conf["torch_threads"] == 1
+        seen = []
+        orig = m.net.describe
+        m.net.describe = lambda *a, **k: (seen.append(torch.get_num_threads()), orig(*a, **k))[1]
+        out = m({"image": x})
+        assert seen == [1] and torch.get_num_threads() == 2
+        ref = load_model({"name": "hf_residual", "descriptor": "sift", "max_keypoints": 500, "torch_threads": None})
+        orig_ref = ref.net.describe
+        ref.net.describe = lambda *a, **k: (seen.append(torch.get_num_threads()), orig_ref(*a, **k))[1]
+        out2 = ref({"image": x})
+        assert seen == [1, 2]
+        torch.testing.assert_close(out["descriptors"], out2["descriptors"], atol=1e-5, rtol=0)
+    finally:
+        torch.set_num_threads(prev)
