@@ -1,8 +1,21 @@
-"""Extraction speed and peak memory per conf and image size, against OpenCV SIFT, in one run.
+"""Extraction speed and peak memory per conf: whole hloc CLI processes, or one model per image size.
 
+    python -m benchmarks.speed --conf rootsift,hndesc,residual_sift --image_dir PHOTOS --rounds 3 \
+        --output speed_cli.json [--threads N]
     python -m benchmarks.speed --conf rootsift,surf --sizes 640,1024,1600 --devices cpu,cuda \
         --output speed.json [--image PHOTO] [--iters 10] [--threads 4]
 
+**--image_dir (what a user pays).** Every round runs, for each conf in turn (interleaved, so that load
+from other processes on a shared machine hits every conf alike), one whole
+`python -m hloc.extract_features --conf C --image_dir PHOTOS --export_dir TMP` process at the library
+default thread counts (or --threads N: OMP/MKL/OpenCV threads) and measures its wall-clock time, its
+CPU time (user + system of the process and its reaped children: hloc's data-loader worker) and its peak
+RSS (ru_maxrss of os.wait4), all from the process's own rusage: start-up, image decoding, resizing,
+extraction and the .h5 writing included. Each row reports per-image figures, the ratio to --reference
+per round (wall and CPU; the median over rounds is the figure, min and max beside it) and the fastest
+round. Written as speed.json / speed.md with `"mode": "cli"`.
+
+**--image (one model, default).**
 For every (conf, device, size) a fresh child process loads the model, resizes the image so its
 long side is `size` (the conf's own resize_max is ignored), runs --warmup untimed and --iters
 timed forward passes (torch.no_grad, CUDA synchronised) and reports images/s, ms/image, the
@@ -229,6 +242,113 @@ def run(confs: list[str], sizes: list[int], devices: list[str], image: Path, ite
             "rounds": rounds, "reference": reference if ref else None, "results": rows}
 
 
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+def _cli_process(conf: str, image_dir: Path, export_dir: Path, threads: Optional[int]) -> dict:
+    """One whole `python -m hloc.extract_features` process: wall, CPU (user + sys, reaped children
+    included) and peak RSS from its own rusage (os.wait4)."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.rmtree(export_dir, ignore_errors=True)
+    export_dir.mkdir(parents=True)
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENCV_FOR_THREADS_NUM=str(threads))
+    cmd = [sys.executable, "-m", "hloc.extract_features", "--conf", conf, "--image_dir", str(image_dir),
+           "--export_dir", str(export_dir)]
+    log = export_dir / "log.txt"
+    with open(log, "w") as fd:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, env=env)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = log.read_text()[-600:]
+        raise BenchmarkError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{tail}")
+    feats = sorted(export_dir.glob("*.h5"))
+    n_kp = None
+    if feats:
+        import h5py
+
+        with h5py.File(feats[0], "r") as f:
+            counts = []
+            f.visititems(lambda k, v: counts.append(v.shape[0]) if k.endswith("keypoints") else None)
+            n_kp = float(np.mean(counts)) if counts else None
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mib": ru.ru_maxrss / 1024.0,
+            "mean_keypoints": n_kp}
+
+
+def run_cli_processes(confs: list[str], image_dir: Path, rounds: int = 3, reference: Optional[str] = "rootsift",
+                      threads: Optional[int] = None, work_dir: Optional[Path] = None) -> dict:
+    """--image_dir mode: `rounds` interleaved rounds of one hloc CLI process per conf (module docstring)."""
+    import tempfile
+
+    try:
+        import hloc.extract_features as hloc_extract
+    except ImportError as e:
+        raise BenchmarkError(f"--image_dir times hloc's CLI and hloc cannot be imported ({e}).") from None
+    missing = [c for c in confs if c not in hloc_extract.confs]
+    if missing:
+        raise BenchmarkError(f"{missing} not among hloc's extract_features confs (is the hndesc_features plugin "
+                             "installed?): python -m hloc.extract_features --help lists them.")
+    images = sorted(p for p in Path(image_dir).rglob("*") if p.suffix in IMAGE_EXTS)
+    if not images:
+        raise BenchmarkError(f"No image ({', '.join(IMAGE_EXTS)}) under {image_dir}.")
+    if reference and reference not in confs:
+        confs = [reference, *confs]
+    work = Path(work_dir or tempfile.mkdtemp(prefix="hf_speed_"))
+    per_round: dict[str, list[dict]] = {c: [] for c in confs}
+    for rnd in range(max(1, rounds)):
+        for c in confs:
+            logger.info(f"speed: hloc.extract_features --conf {c} on {len(images)} images (round {rnd + 1}/{rounds})")
+            per_round[c].append(_cli_process(c, image_dir, work / c, threads))
+    rows = []
+    for c in confs:
+        rs = per_round[c]
+        row = {"conf": c, "rounds": rs, "images": len(images),
+               "wall_s": float(np.median([r["wall_s"] for r in rs])), "cpu_s": float(np.median([r["cpu_s"] for r in rs])),
+               "best_wall_s": min(r["wall_s"] for r in rs), "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+               "mean_keypoints": rs[0]["mean_keypoints"]}
+        row["ms_per_image"] = 1000.0 * row["wall_s"] / len(images)
+        row["cpu_ms_per_image"] = 1000.0 * row["cpu_s"] / len(images)
+        if reference:
+            ref = per_round[reference]
+            w = [a["wall_s"] / b["wall_s"] for a, b in zip(rs, ref)]
+            u = [a["cpu_s"] / b["cpu_s"] for a, b in zip(rs, ref)]
+            row.update(time_vs_ref=float(np.median(w)), time_vs_ref_range=[min(w), max(w)],
+                       cpu_time_vs_ref=float(np.median(u)), cpu_time_vs_ref_range=[min(u), max(u)])
+        rows.append(row)
+    return {"mode": "cli", "machine": machine_info(), "image_dir": str(image_dir), "images": len(images),
+            "threads": threads, "rounds": rounds, "reference": reference, "results": rows}
+
+
+def markdown_cli(res: dict) -> str:
+    m, ref = res["machine"], res.get("reference") or "ref"
+    lines = [f"# Whole-process extraction speed through hloc ({m['cpu']}, {m['cpu_count']} cores; torch {m['torch']}, "
+             f"{res['threads'] or 'default'} threads; {res['images']} images of {res['image_dir']}; "
+             f"{res['rounds']} interleaved rounds)", "",
+             f"One `python -m hloc.extract_features` process per conf and round. Times are medians over rounds; "
+             f"×{ref} is the median of the per-round ratios (min–max in brackets).", "",
+             f"| conf | wall s | ms / image | CPU ms / image | wall ×{ref} | CPU ×{ref} | mean #kp | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["results"]:
+        rel = "–"
+        if "time_vs_ref" in r:
+            lo, hi = r["time_vs_ref_range"]
+            clo, chi = r["cpu_time_vs_ref_range"]
+            rel = (f"{r['time_vs_ref']:.2f} ({lo:.2f}–{hi:.2f}) | {r['cpu_time_vs_ref']:.2f} ({clo:.2f}–{chi:.2f})")
+        else:
+            rel = "– | –"
+        kp = f"{r['mean_keypoints']:.0f}" if r.get("mean_keypoints") is not None else "–"
+        lines.append(f"| {r['conf']} | {r['wall_s']:.1f} | {r['ms_per_image']:.0f} | {r['cpu_ms_per_image']:.0f} | "
+                     f"{rel} | {kp} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     refname = res.get("reference")
@@ -262,6 +382,9 @@ def main(argv=None):
     parser.add_argument("--conf", required=True, help="feature conf(s), comma-separated")
     parser.add_argument("--sizes", default="640,1024,1600", help="long sides in px")
     parser.add_argument("--devices", default="cpu,cuda", help='comma-separated devices (cuda rows are skipped without CUDA)')
+    parser.add_argument("--image_dir", type=Path,
+                        help="folder of photos: time whole `python -m hloc.extract_features` processes on it "
+                             "(interleaved rounds; --sizes/--devices/--iters/--image do not apply)")
     parser.add_argument("--image", type=Path, help="photo to resize (default: a 3072 px Strecha image)")
     parser.add_argument("--iters", type=int, default=5, help='timed forward passes per measurement')
     parser.add_argument("--warmup", type=int, default=1, help='untimed passes before timing')
@@ -273,6 +396,16 @@ def main(argv=None):
                         help="measure every job this many times, interleaved, keep the fastest (shared machines)")
     parser.add_argument("--output", type=Path, required=True, help='results JSON (.md beside it)')
     args = parser.parse_args(argv)
+    if args.image_dir is not None:
+        if not args.image_dir.is_dir():
+            raise BenchmarkError(f"--image_dir {args.image_dir} is not a folder.")
+        res = run_cli_processes(split_names(args.conf), args.image_dir, args.rounds, args.reference or None,
+                                args.threads)
+        write_json(args.output, res)
+        md = markdown_cli(res)
+        args.output.with_suffix(".md").write_text(md)
+        print(md)
+        return res
     image = args.image or default_image()
     if not image.exists():
         raise BenchmarkError(f"{image} does not exist.")

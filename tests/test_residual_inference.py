@@ -129,3 +129,68 @@ def test_cnn_scale_inference_override():
     assert 0.95 < cos.min() and (1 - cos).max() > 1e-4  # same g / g_ctx, a slightly different CNN term
     with pytest.raises(ValueError, match="cnn_scale"):
         load_model({"name": "hf_residual", "descriptor": "sift", "cnn_scale": 0.3})
+
+
+def test_context_downsample_describes_the_same_surroundings(photos):
+    """g_ctx on the image area-averaged by k: k = 1 is the exact previous context; k = 2 reads nearly the
+    same pyramid levels (the 4x-size context lives at octave >= 1); k = 4 is coarser but still the same
+    surroundings (closer to the k = 1 context of the same keypoint than to any other keypoint's)."""
+    gray = to_gray_u8(photos[1])
+    det = detect_sift(gray, 2048, 0.005, root=True)
+    ref = context_descriptors(gray, det, "rootsift", 4.0)
+    np.testing.assert_array_equal(context_descriptors(gray, det, "rootsift", 4.0, downsample=1), ref)
+    c2 = context_descriptors(gray, det, "rootsift", 4.0, downsample=2)
+    c4 = context_descriptors(gray, det, "rootsift", 4.0, downsample=4)
+    for c in (c2, c4):
+        assert c.shape == ref.shape
+        np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1, atol=1e-4)
+    cos2, cos4 = (c2 * ref).sum(1), (c4 * ref).sum(1)
+    assert np.median(cos2) > 0.99 and np.median(cos4) > 0.85 and np.median(cos4) < np.median(cos2)
+    # the closest k = 1 context of each k = 4 context is its own keypoint's for most keypoints
+    # (keypoints at the same position with another size / orientation are the rest)
+    assert (np.argmax(c4 @ ref.T, 1) == np.arange(len(ref))).mean() > 0.7
+    with pytest.raises(ValueError, match="downsample"):
+        context_descriptors(gray, det, "rootsift", 4.0, downsample=1.5)
+
+
+def test_context_downsample_inference_override():
+    from hndesc_features.extractors import load_model
+
+    if not (WEIGHTS_DIR / "residual_sift.pt").exists():
+        pytest.skip("residual_sift.pt not shipped")
+    m = load_model({"name": "hf_residual", "descriptor": "sift", "context_downsample": 2, "max_keypoints": 300})
+    assert m.net.conf["context_downsample"] == 2
+    x = torch.from_numpy(photo_1024("coffee.png")).permute(2, 0, 1)[None].float() / 255.0
+    out = m({"image": x})
+    ref = load_model({"name": "hf_residual", "descriptor": "sift", "max_keypoints": 300})({"image": x})
+    torch.testing.assert_close(out["keypoints"], ref["keypoints"])
+    cos = (out["descriptors"] * ref["descriptors"]).sum(1)  # hloc layout: 1×D×N
+    assert cos.median() > 0.99 and (1 - cos).max() > 1e-5  # the same g, a slightly different g_ctx
+
+
+def test_torch_threads_scoped_and_quality_neutral():
+    """hf_residual runs its network on `torch_threads` threads (default 1) and gives the process its own
+    thread count back; the descriptors equal those computed at the process's thread count."""
+    from hndesc_features.extractors import load_model
+
+    if not (WEIGHTS_DIR / "residual_sift.pt").exists():
+        pytest.skip("residual_sift.pt not shipped")
+    x = torch.from_numpy(photo_1024("coffee.png")).permute(2, 0, 1)[None].float() / 255.0
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        m = load_model({"name": "hf_residual", "descriptor": "sift", "max_keypoints": 500})
+        assert m.conf["torch_threads"] == 1
+        seen = []
+        orig = m.net.describe
+        m.net.describe = lambda *a, **k: (seen.append(torch.get_num_threads()), orig(*a, **k))[1]
+        out = m({"image": x})
+        assert seen == [1] and torch.get_num_threads() == 2
+        ref = load_model({"name": "hf_residual", "descriptor": "sift", "max_keypoints": 500, "torch_threads": None})
+        orig_ref = ref.net.describe
+        ref.net.describe = lambda *a, **k: (seen.append(torch.get_num_threads()), orig_ref(*a, **k))[1]
+        out2 = ref({"image": x})
+        assert seen == [1, 2]
+        torch.testing.assert_close(out["descriptors"], out2["descriptors"], atol=1e-5, rtol=0)
+    finally:
+        torch.set_num_threads(prev)

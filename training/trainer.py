@@ -501,10 +501,10 @@ class Trainer:
                 res.update({"webcam_" + k: v for k, v in
                             evaluate_pairs(ex, self.val_webcam_pairs, vc["thresholds"]).items()})
         self.model.train()
-        if vc["select"] != "mma@3":
+        if vc["select"] != "mma@3" or vc["select_mode"] != "mean":
             from .validation import selection_value
 
-            res["select"] = selection_value(res, vc["select"])
+            res["select"] = selection_value(res, vc["select"], vc["select_mode"])
         return res
 
     def _track_best(self, res: dict) -> None:

@@ -5,7 +5,11 @@ The pairs are a pure function of the validation conf (seeded), built from
 long side is ``resize``, view 1 is view 0 warped by a homography from the shared sampler.
 MMA@t = share of mutual nearest-neighbour matches whose reprojection error (|H x0 - x1|) < t px,
 averaged over pairs; ``homography@t`` = share of pairs whose RANSAC homography moves the view
-corners by < t px on average.
+corners by < t px on average; ``correct@3`` = correct matches (error <= 3 px) per pair and
+``ransac_correct@3`` = correct matches that are also inliers of the pair's RANSAC homography (OpenCV,
+3 px, deterministic): the matches a user keeps after geometric verification. That count rewards
+recall and punishes outliers (which break RANSAC), where MMA rewards precision alone; ``val.select``
+with ``select_mode: geomean`` weighs the relative change of each listed number alike.
 """
 from __future__ import annotations
 
@@ -39,8 +43,10 @@ DEFAULT_CONF = {
     "webcam": {"enable": False, "root": "${HNDESC_SHARED_DATA}/webcam", "scenes": ["courbevoie", "frankfurt"],
                "split": "val", "n_pairs": 12, "resize": 640, "seed": 0,
                "homography": {"scale": [0.7, 1.4], "rotation": 30.0, "translation": 0.05, "perspective": 0.1}},
-    # validation metric that picks `train.export: best`: a key of the results or a list (their mean)
+    # validation metric that picks `train.export: best`: a key of the results or a list (their mean, or with
+    # select_mode geomean their geometric mean: counts of different sets weigh by their relative change)
     "select": "mma@3",
+    "select_mode": "mean",
 }
 
 
@@ -70,9 +76,11 @@ def make_pairs(conf: Optional[dict] = None) -> list[dict]:
 def evaluate_pairs(extract: Callable[[torch.Tensor], dict], pairs: list[dict],
                    thresholds=(1, 2, 3, 5)) -> dict:
     """extract(1×C×H×W image) → {"keypoints": N×2, "descriptors": N×D (L2-normalised)}."""
+    import cv2
+
     mma = {t: [] for t in thresholds}
     hacc = {t: [] for t in thresholds}
-    n_matches, n_kpts = [], []
+    n_matches, n_kpts, n_correct, n_verified = [], [], [], []
     for p in pairs:
         f0 = extract(p["view0"][None])
         f1 = extract(p["view1"][None])
@@ -86,8 +94,19 @@ def evaluate_pairs(extract: Callable[[torch.Tensor], dict], pairs: list[dict],
         for t in thresholds:
             mma[t].append(float(mma_at(err, [t])[0]))
             hacc[t].append(float(herr < t))
+        correct = np.asarray(err) <= 3.0
+        inl = np.zeros(len(m), bool)
+        if len(m) >= 4:
+            _, mask = cv2.findHomography(kp0[m[:, 0]], kp1[m[:, 1]], cv2.RANSAC, 3.0, maxIters=2000,
+                                         confidence=0.999)
+            if mask is not None:
+                inl = mask.ravel().astype(bool)
+        n_correct.append(int(correct.sum()))
+        n_verified.append(int((correct & inl).sum()))
     out = {f"mma@{t}": float(np.mean(v)) for t, v in mma.items()}
     out.update({f"homography@{t}": float(np.mean(v)) for t, v in hacc.items()})
+    out["correct@3"] = float(np.mean(n_correct))
+    out["ransac_correct@3"] = float(np.mean(n_verified))
     out["matches"] = float(np.mean(n_matches))
     out["keypoints"] = float(np.mean(n_kpts))
     return out
@@ -121,10 +140,15 @@ def make_webcam_pairs(conf: Optional[dict] = None) -> list[dict]:
     return pairs
 
 
-def selection_value(res: dict, select) -> float:
-    """The validation number that picks the exported weights (mean of the listed keys)."""
+def selection_value(res: dict, select, mode: str = "mean") -> float:
+    """The validation number that picks the exported weights: the mean (``mode: mean``) or the geometric
+    mean (``mode: geomean``, for counts of different scales) of the listed keys."""
     keys = [select] if isinstance(select, str) else list(select)
     missing = [k for k in keys if k not in res]
     if missing:
         raise KeyError(f"val.select: {missing} not among the validation results {sorted(res)}")
+    if mode == "geomean":
+        return float(np.exp(np.mean([np.log(max(float(res[k]), 1e-9)) for k in keys])))
+    if mode != "mean":
+        raise ValueError(f"val.select_mode must be 'mean' or 'geomean', got '{mode}'")
     return float(np.mean([res[k] for k in keys]))

@@ -53,3 +53,29 @@ def stack_batch(outs: list[dict]) -> dict:
 def check_image(image, who: str, channels=(1, 3)) -> None:
     if image.dim() != 4 or image.shape[1] not in channels:
         raise ValueError(f"{who} expects a B×C×H×W image batch (C in {channels}), got {tuple(image.shape)}")
+
+
+class torch_threads:
+    """Run a block with torch limited to `n` intra-op threads (None: unchanged), then restore the count.
+
+    Extractors whose OpenCV detection alternates with a small network per image use n = 1: with more
+    torch (OpenMP) threads, the idle workers spin-wait after every network call while OpenCV's own
+    threads detect the next image, and the process burns up to 1.6x the CPU time (docs/speed.md)."""
+
+    def __init__(self, n):
+        self.n = None if n is None else int(n)
+
+    def __enter__(self):
+        import torch
+
+        self.prev = torch.get_num_threads()
+        if self.n is not None and self.n != self.prev:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.n is not None and torch.get_num_threads() != self.prev:
+            torch.set_num_threads(self.prev)
+        return False

@@ -10,7 +10,7 @@ import torch
 from hndesc_features import weights as registry
 from hndesc_features.base_model import BaseModel
 from hndesc_features.config import check_keys
-from hndesc_features.extractors import check_image, stack_batch
+from hndesc_features.extractors import check_image, stack_batch, torch_threads
 
 
 class Residual(BaseModel):
@@ -24,6 +24,12 @@ class Residual(BaseModel):
         # (None: the value the weights were trained with; 0.25 instead of 0.5 ≈ -5 % CPU time, see
         # docs/speed.md / benchmarks/results/residual_tradeoff.md)
         "cnn_scale": None,
+        # inference-only: describe the context on the image area-averaged by this factor (None: as trained;
+        # docs/speed.md). Changes g_ctx slightly (k = 2: cosine 0.997 to k = 1), so prefer weights trained with it.
+        "context_downsample": None,
+        # torch threads while extracting (None: the process's setting). 1: the small CNN/MLP run on one thread
+        # and no idle OpenMP worker spins against OpenCV's detection threads (whole process 1.6x less CPU)
+        "torch_threads": 1,
     }
     required_inputs = ["image"]
     detection_noise = 1.0
@@ -33,6 +39,8 @@ class Residual(BaseModel):
         override = {k: conf[k] for k in ("max_keypoints", "contrast_threshold", "hessian_threshold")}
         if conf.get("cnn_scale") is not None:
             override["cnn_scale"] = float(conf["cnn_scale"])
+        if conf.get("context_downsample") is not None:
+            override["context_downsample"] = int(conf["context_downsample"])
         self.net, path = registry.load_model(conf["weights"], "residual", f"residual_{conf['descriptor']}", override)
         if self.net.conf["descriptor"] != conf["descriptor"]:
             raise ValueError(f"hf_residual: '{path}' was trained on '{self.net.conf['descriptor']}' "
@@ -42,4 +50,5 @@ class Residual(BaseModel):
     def _forward(self, data):
         image = data["image"]
         check_image(image, "hf_residual")
-        return stack_batch([self.net.extract(image[b:b + 1]) for b in range(image.shape[0])])
+        with torch_threads(self.conf["torch_threads"]):
+            return stack_batch([self.net.extract(image[b:b + 1]) for b in range(image.shape[0])])

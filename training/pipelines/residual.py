@@ -128,7 +128,8 @@ def _features(view: torch.Tensor, valid: np.ndarray, mc: dict, lc: dict, n: int)
     keep = np.nonzero(_valid_at(valid, f["keypoints"], int(lc["border"])))[0][:n]
     f = {k: f[k][keep] for k in ("keypoints", "scales", "oris", "descriptors")}
     use_ctx = bool(mc["context_scale"]) and mc["use_handcrafted"]
-    f["context"] = (context_descriptors(gray, f, mc["descriptor"], float(mc["context_scale"]), mc["contrast_threshold"])
+    f["context"] = (context_descriptors(gray, f, mc["descriptor"], float(mc["context_scale"]), mc["contrast_threshold"],
+                                       int(mc.get("context_downsample", 1)))
                     if use_ctx else np.zeros((len(keep), dim), np.float32))
     return f
 
