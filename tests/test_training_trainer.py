@@ -305,7 +305,7 @@ def test_amp_modes():
 
 def test_bf16_autocast_trains_on_cpu_without_pinned_memory(tmp_path):
     """train.amp=bf16 runs the forward under CPU autocast (finite loss, float32 weights and export), and
-    a CPU run neither pins memory nor warns about it; 'auto' workers on this machine."""
+    a CPU run neither pins memory nor warns about it; 'auto' workers fit the cores the tests run on."""
     import warnings
 
     from hndesc_features.training.trainer import Trainer, cpus_available
