@@ -4,7 +4,7 @@ MegaDepth (CAPS release layout) and Phototourism (IMC 2021 layout) folders built
 commands a user runs; the exported weights load through the `hndesc_caps` / `hndesc_r2d2` confs.
 
 Kept fast: 64-px crops, batch 2, 16 keypoints per crop, no validation; the layouts, stylizations and
-neighbours are built once per session."""
+neighbours are built once per test run."""
 from __future__ import annotations
 
 import csv
@@ -81,7 +81,7 @@ def build_phototourism(root: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def paper_data(tmp_path_factory):
     """Tiny MegaDepth + Phototourism layouts, their stylized copies and both neighbour files, written by
-    the user-facing commands; HNDESC_MEGADEPTH / HNDESC_PHOTOTOURISM point at them for the session."""
+    the user-facing commands; HNDESC_MEGADEPTH / HNDESC_PHOTOTOURISM point at them for the test run."""
     if not (SHARED / "sceaux_castle").is_dir() or not (SHARED / "sacre_coeur").is_dir():
         pytest.skip(f"real test data not found at {SHARED}")
     from hndesc_features.models.netvlad import write_random_struct

@@ -39,7 +39,7 @@ DEFAULT_TRAIN = {
     "steps": 1000,
     "batch_size": 8,  # global (split over DDP ranks)
     # data workers per process: an int (capped at the cores this process may use), or "auto": those
-    # cores minus one for the training loop, at most 8 (num_workers_for)
+    # cores minus one for the training loop, at most 16 (num_workers_for)
     "num_workers": 0,
     "threads": None,  # torch.set_num_threads per process (None: leave torch's default)
     "optimizer": "adam",
@@ -640,10 +640,10 @@ def cpus_available() -> int:
 
 def num_workers_for(requested, local_world: int = 1, cpus: Optional[int] = None) -> int:
     """DataLoader workers of one process: ``"auto"`` = its share of the cores minus one (the training
-    loop), at most 8; an int is capped at that share — never more workers than cores."""
+    loop), at most 16; an int is capped at that share — never more workers than cores."""
     share = max(1, (cpus or cpus_available()) // max(1, int(local_world)))
     if requested in (None, "auto"):
-        return max(0, min(8, share - 1))
+        return max(0, min(16, share - 1))
     n = int(requested)
     if n < 0:
         raise ValueError(f"train.num_workers must be >= 0 or 'auto', got {requested}")
