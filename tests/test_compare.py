@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import run_py
-from hndesc_features.compare import BAR_HEIGHT, FIG_DPI, FIG_WIDTH, PAIR_HEIGHT, cli, run
+from hndesc_features.compare import BAR_HEIGHT, FIG_DPI, FIG_WIDTH, PAIR_HEIGHT, cli
 
 CONFS = ["hndesc", "rootsift", "orb"]
 # two Sacré-Cœur photos of the same facade from different places, and a copy of the first
