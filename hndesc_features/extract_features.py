@@ -224,7 +224,10 @@ def build_parser(confs: dict) -> argparse.ArgumentParser:
     from .confs import help_epilog
 
     parser = argparse.ArgumentParser(prog="python -m hndesc_features.extract_features",
-                                     description=__doc__.split("\n\n")[0], epilog=help_epilog("features"),
+                                     description=__doc__.split("\n\n")[0],
+                                     epilog=help_epilog("features") + "\n\nHNDESC_KEYPOINTS=<conf name or .h5>: the "
+                                     "hndesc_small / hndesc_caps / hndesc_r2d2 confs describe the keypoints stored "
+                                     "there (all, in order) instead of detecting; the output name says which.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image_dir", type=Path, required=True, help="folder of images (searched recursively)")
     parser.add_argument("--export_dir", type=Path, required=True,

@@ -121,10 +121,10 @@ def test_readme_reproduce_the_paper_block_runs(tmp_path, shared_data):
     make_dev_hpatches(ds / "hpatches-sequences-release", images=sorted(heldout_sources(), key=lambda p: p.name)[:1],
                       seed=3, max_size=320)
     pairs = {"aachen_v1_1": make_tiny_aachen(ds / "aachen_v1.1", scene, day=("0002.jpg",), night=("0003.jpg",),
-                                             max_size=480, map_conf=str(sift))["pairs"],
-             "inloc": make_tiny_inloc(ds / "inloc", scene, queries=("0002.jpg",), max_size=480,
+                                             max_size=320, map_conf=str(sift))["pairs"],
+             "inloc": make_tiny_inloc(ds / "inloc", scene, queries=("0002.jpg",), max_size=320,
                                       map_conf=str(sift))["pairs"]}
-    make_tiny_tokyo(ds / "tokyo247", shared_data, max_size=480, per_place_db=3)
+    make_tiny_tokyo(ds / "tokyo247", shared_data, max_size=320, per_place_db=2)
     lay = find_tokyo_layout(ds / "tokyo247")
     pairs["tokyo247"] = write_pairs(tmp_path / "shortlist.txt", [(q, d) for q in lay["q_names"] for d in lay["db_names"]])
 
