@@ -1,6 +1,6 @@
 """The weights registry: which weights exist, where they are looked up, and the one loader.
 
-Two places hold weights files, looked up in this order for a weights *name*:
+Weights files are looked up in this order for a weights *name*:
 
 1. the user weights directory, ``$HNDESC_WEIGHTS_DIR`` (default ``~/.cache/hndesc_features/weights``):
    checkpoints a user installs with ``python -m hndesc_features.weights install NAME FILE`` —
