@@ -20,13 +20,14 @@ from typing import Optional
 
 from .common import BenchmarkError, run_cli
 
-KEYPOINTS = {"hf_sift": "DoG", "hf_hndesc": "DoG", "hf_hndesc_sp": "SuperPoint", "hf_surf": "Fast-Hessian", "hf_orb": "ORB", "hf_kcc": "ORB",
-             "hf_wlrn": "ORB", "hf_netvlad": "– (global)"}
+KEYPOINTS = {"hf_sift": "DoG", "hf_hndesc": "DoG", "hf_hndesc_sp": "SuperPoint", "hf_surf": "Fast-Hessian",
+             "hf_orb": "ORB", "hf_kcc": "ORB", "hf_wlrn": "ORB", "hf_netvlad": "– (global)"}
 #: table order: the learned confs a user would pick first, then the references
 ORDER = ["hndesc", "residual_sift", "residual_rootsift_upright", "residual_surf", "kcc_orb", "hndesc_patch",
-         "hndesc_small", "hndesc_caps", "hndesc_r2d2", "hndesc_caps_sp", "hndesc_r2d2_sp", "rootsift", "rootsift_upright", "surf", "orb", "hf_netvlad"]
-FIXED_DIM = {"hf_sift": 128, "hf_hndesc": 128, "hf_hndesc_sp": 128, "hf_surf": 64, "hf_orb": 256, "hf_kcc": 128, "hf_wlrn": 128,
-             "hf_netvlad": 4096}
+         "hndesc_small", "hndesc_caps", "hndesc_r2d2", "hndesc_caps_sp", "hndesc_r2d2_sp", "rootsift",
+         "rootsift_upright", "surf", "orb", "hf_netvlad"]
+FIXED_DIM = {"hf_sift": 128, "hf_hndesc": 128, "hf_hndesc_sp": 128, "hf_surf": 64, "hf_orb": 256, "hf_kcc": 128,
+             "hf_wlrn": 128, "hf_netvlad": 4096}
 
 
 def describe_conf(name: str, conf: dict) -> dict:
@@ -51,7 +52,8 @@ def describe_conf(name: str, conf: dict) -> dict:
         entry = registry.REGISTRY.get(wname)
         shipped = entry is not None and entry.shipped
         if kind == "hf_hndesc_sp":  # the detector's weights too
-            wname += "` + `" + registry.canonical(Path(str(m.get("detector_weights") or "superpoint")).name.removesuffix(".pt"))
+            det = Path(str(m.get("detector_weights") or "superpoint")).name.removesuffix(".pt")
+            wname += "` + `" + registry.canonical(det)
         info["weights"] = f"`{wname}`" + ("" if shipped else " (user-installed)")
         if kind == "hf_residual":
             try:

@@ -1,12 +1,14 @@
 """The weights registry: which weights exist, where they are looked up, and the one loader.
 
-Two places hold weights files, looked up in this order for a weights *name*:
+Weights files are looked up in this order for a weights *name*:
 
 1. the user weights directory, ``$HNDESC_WEIGHTS_DIR`` (default ``~/.cache/hndesc_features/weights``):
    checkpoints a user installs with ``python -m hndesc_features.weights install NAME FILE`` —
    the released HNDesc CAPS / R2D2 checkpoints, or their own trained weights (a file installed
    under a shipped name replaces the shipped one);
-2. the package folder (this one): the small weights trained by our own code (``SHIPPED``).
+2. the package folder (this one): the small weights trained by our own code (``SHIPPED``);
+3. for ``superpoint`` only: an hloc checkout's ``third_party/SuperGluePretrainedNetwork/models/weights/
+   superpoint_v1.pth``, when the installed hloc is a checkout that has it (``HLOC_CHECKOUT_FILES``).
 
 A conf's ``model.weights`` is ``null`` (the conf's default name), a name (``residual_sift`` or
 ``residual_sift.pt``) or a path to a file. Every file is read by ``models.checkpoints.safe_load``
