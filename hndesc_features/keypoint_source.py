@@ -94,8 +94,9 @@ def apply_env(confs: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------
 def caller_context(max_depth: int = 30) -> dict:
-    """`name`, `export_dir` and `confs` of the extract_features.main call running the model (hloc's
-    or ours), read from its frame; {} when the model runs outside one."""
+    """`name`, `export_dir`, `confs` and `image_path` (the file being read, None where the caller has
+    no dataset root) of the extract_features.main call running the model (hloc's or ours), read from
+    its frame; {} when the model runs outside one."""
     frame = sys._getframe(1)
     for _ in range(max_depth):
         frame = frame.f_back
@@ -105,7 +106,10 @@ def caller_context(max_depth: int = 30) -> dict:
         if frame.f_code.co_name == "main" and "feature_path" in loc and isinstance(loc.get("name"), str):
             fpath = loc.get("feature_path")
             export_dir = loc.get("export_dir") or (Path(fpath).parent if fpath is not None else None)
-            return {"name": loc["name"], "export_dir": export_dir, "confs": frame.f_globals.get("confs")}
+            dataset = loc.get("dataset")
+            image_path = Path(dataset.root) / loc["name"] if hasattr(dataset, "root") else None
+            return {"name": loc["name"], "export_dir": export_dir, "confs": frame.f_globals.get("confs"),
+                    "image_path": image_path}
     return {}
 
 

@@ -14,34 +14,15 @@ from the RGB tensor (a bounded difference, see the README).
 """
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from hndesc_features import weights as registry
+from hndesc_features import keypoint_source, weights as registry
 from hndesc_features.base_model import BaseModel
 from hndesc_features.config import check_keys
 from hndesc_features.extractors import check_image, stack_batch
-
-HLOC_MAIN = os.path.join("hloc", "extract_features.py")
-
-
-def hloc_image_path() -> Optional[Path]:
-    """The file hloc's extract_features.main() is extracting now (None when not called from it)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "main" and code.co_filename.endswith(HLOC_MAIN):
-            dataset, name = frame.f_locals.get("dataset"), frame.f_locals.get("name")
-            if isinstance(name, str) and hasattr(dataset, "root"):
-                return Path(dataset.root) / name
-            return None
-        frame = frame.f_back
-    return None
-
 
 def file_pixels(path: Optional[Path], rgb_tensor) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """(gray, rgb) read from ``path`` as the released code reads them, if the file decodes to
@@ -92,7 +73,9 @@ class HNDescSP(BaseModel):
             paths = [paths] * image.shape[0]
         outs = []
         for b in range(image.shape[0]):
-            path = paths[b] if paths[b] is not None else (hloc_image_path() if image.shape[0] == 1 else None)
+            path = paths[b]
+            if path is None and image.shape[0] == 1:
+                path = keypoint_source.caller_context().get("image_path")
             read = file_pixels(path, image[b:b + 1])
             if read is not None:
                 outs.append(self.net.extract(gray=read[0], rgb=read[1]))
