@@ -198,8 +198,12 @@ def test_hndesc_extracts_through_our_cli_and_hlocs(two_photos, tmp_path):
     from hndesc_features.training.validation import mutual_nn
     import h5py
 
-    for cli, out in (("hloc.extract_features", "h"), ("hndesc_features.extract_features", "o")):
-        run_py(["-m", cli, "--conf", "hndesc", "--image_dir", str(two_photos), "--export_dir", str(tmp_path / out)])
+    from hndesc_features import extract_features
+
+    # hloc's CLI in a fresh interpreter (our confs come from the start-up hook), ours in this process
+    run_py(["-m", "hloc.extract_features", "--conf", "hndesc", "--image_dir", str(two_photos), "--export_dir",
+            str(tmp_path / "h")])
+    extract_features.cli(["--conf", "hndesc", "--image_dir", str(two_photos), "--export_dir", str(tmp_path / "o")])
     fname = get_feature_conf("hndesc")["output"] + ".h5"
     feats = {}
     with h5py.File(tmp_path / "h" / fname, "r") as fh, h5py.File(tmp_path / "o" / fname, "r") as fo:

@@ -54,20 +54,19 @@ def _released_caps_checkpoint(path):
     return net
 
 
-def test_install_cli_checks_the_architecture(user_dir, tmp_path):
+def test_install_cli_checks_the_architecture(user_dir, tmp_path, capsys):
+    from hndesc_features.weights.__main__ import main as weights_cli
+
     ckpt = tmp_path / "caps_release.pth"
     _released_caps_checkpoint(ckpt)
     # a checkpoint of another architecture is refused, nothing is written
-    p = run_py(["-m", "hndesc_features.weights", "install", "hndesc_caps",
-                str(registry.PACKAGE_DIR / "hndesc_small.pt")], env_extra={registry.ENV_VAR: str(user_dir)},
-               check=False)
-    assert p.returncode == 2 and "error:" in p.stderr and not (user_dir / "hndesc_caps.pt").exists()
-    p = run_py(["-m", "hndesc_features.weights", "install", "hndesc_caps", str(ckpt)],
-               env_extra={registry.ENV_VAR: str(user_dir)})
-    assert (user_dir / "hndesc_caps.pt").read_bytes() == ckpt.read_bytes(), p.stdout
-    p = run_py(["-m", "hndesc_features.weights", "install", "hndesc_caps", str(ckpt)],
-               env_extra={registry.ENV_VAR: str(user_dir)}, check=False)
-    assert p.returncode == 2 and "--force" in p.stderr
+    rc = weights_cli(["install", "hndesc_caps", str(registry.PACKAGE_DIR / "hndesc_small.pt")])
+    assert rc == 2 and "error:" in capsys.readouterr().err and not (user_dir / "hndesc_caps.pt").exists()
+    rc = weights_cli(["install", "hndesc_caps", str(ckpt)])
+    assert rc == 0 and (user_dir / "hndesc_caps.pt").read_bytes() == ckpt.read_bytes(), capsys.readouterr().out
+    rc = weights_cli(["install", "hndesc_caps", str(ckpt)])
+    assert rc == 2 and "--force" in capsys.readouterr().err
+    # the `python -m` entry point, in a fresh interpreter
     p = run_py(["-m", "hndesc_features.weights", "list"], env_extra={registry.ENV_VAR: str(user_dir)})
     assert "hndesc_caps" in p.stdout and "user" in p.stdout and "hndesc_r2d2" in p.stdout
     with pytest.raises(CheckpointError):
