@@ -9,4 +9,10 @@ inloc               InLoc runner (NetVLAD top-40 + localize_inloc), submission f
 tokyo247            Tokyo 24/7 place recognition: NetVLAD shortlist re-ranked by inliers
 report              papers' tables in markdown from our results JSON (+ server numbers)
 speed               images/s and peak memory per conf vs OpenCV SIFT
+webcam              real illumination pairs of static webcams (MMA, GT = identity)
+epipolar            Strecha pairs with GT cameras: epipolar precision, relative-pose AUC
+image_retrieval     ROxford5k / RParis6k, global shortlist re-ranked by local matches
+conf_table          the README's conf table from the runners' JSON
+
+experiments/        the studies behind the docs: `python -m benchmarks.experiments.<name> --help`
 """

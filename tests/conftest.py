@@ -40,6 +40,19 @@ def sacre_coeur(shared_data) -> Path:
     return shared_data / "sacre_coeur" / "mapping"
 
 
+@pytest.fixture(scope="session")
+def sacre_coeur_640(sacre_coeur, tmp_path_factory) -> Path:
+    """The 10 Sacré-Cœur mapping photos downscaled to a 640-px long side (JPEG quality 95), made once:
+    SfM on them takes a fraction of the full-size time and still registers every image."""
+    d = tmp_path_factory.mktemp("sacre_coeur_640")
+    for f in sorted(sacre_coeur.glob("*.jpg")):
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        s = 640 / max(img.shape[:2])
+        small = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(d / f.name), small, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return d
+
+
 def skimage_photo(name: str) -> np.ndarray:
     """RGB uint8 photo shipped inside the scikit-image wheel."""
     import skimage.data
@@ -67,6 +80,18 @@ def run_py(args, env_extra=None, cwd=None, timeout=600, check=True):
     if check and p.returncode != 0:
         raise AssertionError(f"command failed ({p.returncode}): {args}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
+
+
+def run_main(main, argv, capsys) -> subprocess.CompletedProcess:
+    """A CLI's `main(argv)` run in this process the way `python -m` runs it (SystemExit → return code;
+    stdout / stderr from capsys), for error-path tests that need no fresh interpreter."""
+    capsys.readouterr()
+    try:
+        rc = main(list(map(str, argv)))
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, rc if isinstance(rc, int) else 0, out, err)
 
 
 def read_h5(path: Path) -> dict:
@@ -109,3 +134,4 @@ def server(tmp_path, monkeypatch):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
+    httpd.server_close()  # release the listening socket (no ResourceWarning)

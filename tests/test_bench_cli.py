@@ -30,11 +30,17 @@ def test_help_as_module():
     assert p.returncode == 0 and "--night" in p.stdout and "--scene" in p.stdout
 
 
-def test_unknown_conf_is_a_clear_error(tmp_path):
+def test_unknown_conf_is_a_clear_error(tmp_path, capsys):
+    from functools import partial
+
+    from benchmarks import hpatches
+    from benchmarks.common import run_cli
+    from conftest import run_main
+
     (tmp_path / "i_x").mkdir()
-    p = subprocess.run([sys.executable, "-m", "benchmarks.hpatches", "--dataset_dir", str(tmp_path / "nope"),
-                        "--conf", "no_such_conf", "--output", str(tmp_path / "R.json")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    # what `python -m benchmarks.hpatches` runs (run_cli(main)), in this process
+    p = run_main(partial(run_cli, hpatches.main), ["--dataset_dir", tmp_path / "nope", "--conf", "no_such_conf",
+                                                   "--output", tmp_path / "R.json"], capsys)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "Unknown feature conf 'no_such_conf'" in p.stderr
 
 

@@ -197,16 +197,20 @@ def test_second_writer_gets_clear_error(tmp_path, two_photos):
                 pass
 
 
-@pytest.mark.parametrize("reduced", [True, False])
-def test_very_large_jpeg_bounded_memory(tmp_path, reduced):
-    """A 100-megapixel JPEG is decoded at reduced resolution: peak RSS far below its raw size."""
-    d = tmp_path / "big"
-    d.mkdir()
+@pytest.fixture(scope="module")
+def big_jpeg(tmp_path_factory):
+    """A folder with one 100-megapixel JPEG (written once for both parametrizations), its raw size in MB."""
+    d = tmp_path_factory.mktemp("big")
     tile = skimage_photo("astronaut.png")[:, :, ::-1]
     big = np.tile(tile, (16, 24, 1))  # 8192×12288×3 = 302 MB raw
     cv2.imwrite(str(d / "big.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 80])
-    raw_mb = big.nbytes / 2**20
-    del big, tile
+    return d, big.nbytes / 2**20
+
+
+@pytest.mark.parametrize("reduced", [True, False])
+def test_very_large_jpeg_bounded_memory(tmp_path, reduced, big_jpeg):
+    """A 100-megapixel JPEG is decoded at reduced resolution: peak RSS far below its raw size."""
+    d, raw_mb = big_jpeg
     # the image is loaded the way the extraction loader does it, in a fresh process
     # (peak RSS is reset through /proc/self/clear_refs after the imports, read back as VmHWM)
     code = (

@@ -26,6 +26,24 @@ def _small_conf():
                                                   "rotation": 30.0, "translation": 0.1, "perspective": 0.1}}
 
 
+def test_mean_brightness_decodes_once_and_follows_file_changes(tmp_path):
+    """The brightness of each webcam image is read once per process, yet a rewritten file is read again."""
+    import os
+
+    import cv2
+
+    from hndesc_features.training.datasets import webcam
+
+    a, missing = tmp_path / "a.png", tmp_path / "missing.png"
+    cv2.imwrite(str(a), np.full((32, 48, 3), 40, np.uint8))
+    assert webcam.mean_brightness([a, missing]).tolist() == [40.0, 128.0]
+    assert any(k[0] == str(a) for k in webcam._BRIGHTNESS)  # cached
+    cv2.imwrite(str(a), np.full((32, 48, 3), 200, np.uint8))
+    st = a.stat()
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later modification time
+    assert webcam.mean_brightness([a]).tolist() == [200.0]
+
+
 def test_webcam_split_never_uses_the_benchmark_scene(webcam_root):
     from hndesc_features.training.datasets.image_folder import source_paths
     from hndesc_features.training.datasets.webcam import webcam_images
@@ -198,8 +216,12 @@ def test_hndesc_extracts_through_our_cli_and_hlocs(two_photos, tmp_path):
     from hndesc_features.training.validation import mutual_nn
     import h5py
 
-    for cli, out in (("hloc.extract_features", "h"), ("hndesc_features.extract_features", "o")):
-        run_py(["-m", cli, "--conf", "hndesc", "--image_dir", str(two_photos), "--export_dir", str(tmp_path / out)])
+    from hndesc_features import extract_features
+
+    # hloc's CLI in a fresh interpreter (our confs come from the start-up hook), ours in this process
+    run_py(["-m", "hloc.extract_features", "--conf", "hndesc", "--image_dir", str(two_photos), "--export_dir",
+            str(tmp_path / "h")])
+    extract_features.cli(["--conf", "hndesc", "--image_dir", str(two_photos), "--export_dir", str(tmp_path / "o")])
     fname = get_feature_conf("hndesc")["output"] + ".h5"
     feats = {}
     with h5py.File(tmp_path / "h" / fname, "r") as fh, h5py.File(tmp_path / "o" / fname, "r") as fo:

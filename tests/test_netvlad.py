@@ -111,7 +111,7 @@ def test_equal_to_hlocs_netvlad_on_real_photos(torch_home, photos, monkeypatch):
 
 
 @requires_hloc
-def test_hloc_cli_and_our_cli_without_torchvision(torch_home, photos, tmp_path):
+def test_hloc_cli_and_our_cli_without_torchvision(torch_home, photos, tmp_path, monkeypatch):
     """`python -m hloc.extract_features --conf hf_netvlad` with torchvision made unimportable,
     then our CLI: hloc's global-descriptor .h5 layout, identical values."""
     blocker = tmp_path / "block" / "torchvision"
@@ -119,12 +119,16 @@ def test_hloc_cli_and_our_cli_without_torchvision(torch_home, photos, tmp_path):
     (blocker / "__init__.py").write_text("raise ImportError('torchvision is blocked in this test')\n")
     import os
 
+    from hndesc_features import extract_features
+
     env = {"TORCH_HOME": str(torch_home),
            "PYTHONPATH": os.pathsep.join([str(tmp_path / "block"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     run_py(["-m", "hloc.extract_features", "--conf", "hf_netvlad", "--image_dir", str(photos),
             "--export_dir", str(tmp_path / "h")], env_extra=env)
-    run_py(["-m", "hndesc_features.extract_features", "--conf", "hf_netvlad", "--image_dir", str(photos),
-            "--export_dir", str(tmp_path / "o")], env_extra=env)
+    # our CLI in this process, torchvision unimportable here too
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    extract_features.cli(["--conf", "hf_netvlad", "--image_dir", str(photos), "--export_dir", str(tmp_path / "o")])
     h = read_h5(tmp_path / "h" / "global-feats-netvlad.h5")
     o = read_h5(tmp_path / "o" / "global-feats-netvlad.h5")
     names = sorted(p.name for p in photos.glob("*.jpg"))

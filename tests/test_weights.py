@@ -43,35 +43,35 @@ def test_resolve_order_aliases_and_errors(user_dir, tmp_path):
         registry.resolve(tmp_path / "nope" / "x.pt")
 
 
-def _released_caps_checkpoint(path):
+@pytest.fixture(scope="module")
+def caps_release(tmp_path_factory):
     """A checkpoint in the released HNDesc-CAPS layout ({"state_dict"}, keys prefixed by CAPS's
-    `net.`), with random weights."""
+    `net.`), with random weights, written once for this module: (file, network)."""
     from hndesc_features.models.hndesc_caps import HNDescCAPS
 
+    path = tmp_path_factory.mktemp("caps") / "caps_release.pth"
     torch.manual_seed(0)
     net = HNDescCAPS()
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}, path)
-    return net
+    return path, net.eval()
 
 
-def test_install_cli_checks_the_architecture(user_dir, tmp_path):
-    ckpt = tmp_path / "caps_release.pth"
-    _released_caps_checkpoint(ckpt)
+def test_install_cli_checks_the_architecture(user_dir, tmp_path, capsys, caps_release):
+    from hndesc_features.weights.__main__ import main as weights_cli
+
+    ckpt = caps_release[0]
     # a checkpoint of another architecture is refused, nothing is written
-    p = run_py(["-m", "hndesc_features.weights", "install", "hndesc_caps",
-                str(registry.PACKAGE_DIR / "hndesc_small.pt")], env_extra={registry.ENV_VAR: str(user_dir)},
-               check=False)
-    assert p.returncode == 2 and "error:" in p.stderr and not (user_dir / "hndesc_caps.pt").exists()
-    p = run_py(["-m", "hndesc_features.weights", "install", "hndesc_caps", str(ckpt)],
-               env_extra={registry.ENV_VAR: str(user_dir)})
-    assert (user_dir / "hndesc_caps.pt").read_bytes() == ckpt.read_bytes(), p.stdout
-    p = run_py(["-m", "hndesc_features.weights", "install", "hndesc_caps", str(ckpt)],
-               env_extra={registry.ENV_VAR: str(user_dir)}, check=False)
-    assert p.returncode == 2 and "--force" in p.stderr
+    rc = weights_cli(["install", "hndesc_caps", str(registry.PACKAGE_DIR / "hndesc_small.pt")])
+    assert rc == 2 and "error:" in capsys.readouterr().err and not (user_dir / "hndesc_caps.pt").exists()
+    rc = weights_cli(["install", "hndesc_caps", str(ckpt)])
+    assert rc == 0 and (user_dir / "hndesc_caps.pt").read_bytes() == ckpt.read_bytes(), capsys.readouterr().out
+    rc = weights_cli(["install", "hndesc_caps", str(ckpt)])
+    assert rc == 2 and "--force" in capsys.readouterr().err
+    # the `python -m` entry point, in a fresh interpreter
     p = run_py(["-m", "hndesc_features.weights", "list"], env_extra={registry.ENV_VAR: str(user_dir)})
     assert "hndesc_caps" in p.stdout and "user" in p.stdout and "hndesc_r2d2" in p.stdout
     with pytest.raises(CheckpointError):
-        registry.install("my_own", tmp_path / "caps_release.pth")  # unknown name: must be our format
+        registry.install("my_own", ckpt)  # unknown name: must be our format
 
 
 def test_install_refuses_bad_files_in_plain_words(user_dir, tmp_path):
@@ -110,9 +110,8 @@ def test_install_refuses_bad_files_in_plain_words(user_dir, tmp_path):
 
 
 @requires_hloc
-def test_installed_caps_checkpoint_runs_through_hlocs_cli(user_dir, tmp_path):
-    ckpt = tmp_path / "caps_release.pth"
-    net = _released_caps_checkpoint(ckpt)
+def test_installed_caps_checkpoint_runs_through_hlocs_cli(user_dir, tmp_path, caps_release):
+    ckpt, net = caps_release
     registry.install("hndesc_caps", ckpt)
     images = tmp_path / "images"
     images.mkdir()

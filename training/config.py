@@ -30,7 +30,7 @@ def list_configs() -> dict:
     return out
 
 
-#: old training config names that keep working
+#: training config aliases (same config as their target)
 CONFIG_ALIASES = {"wlrn_orb": "kcc_orb", "wlrn_orb_finetune": "kcc_orb_finetune"}
 
 

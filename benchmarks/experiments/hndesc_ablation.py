@@ -114,7 +114,7 @@ def markdown(rows: list[dict], dataset: str, max_keypoints: int) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.experiments.hndesc_ablation", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--dataset_dir", type=Path, required=True, help="folder in HPatches layout")

@@ -42,7 +42,7 @@ def markdown(series: dict, metric: str) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.experiments.val_curves", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (with metrics.jsonl)")
     parser.add_argument("--output", type=Path, required=True, help="PNG to write (a .md table beside it)")
     parser.add_argument("--metric", default="mma@3")

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 FORMAT = "hndesc_features.weights/1"
-#: architecture names stored in older files -> the module that holds them now
+#: architecture-name aliases (weights files may store either name) -> the module that holds them
 ARCH_ALIASES = {"wlrn": "kcc"}
 
 

@@ -32,13 +32,28 @@ from .homographies import HomographyPairs
 from .sources import DEFAULT_ROOT, FORBIDDEN_SCENES, TRAIN_SCENES, check_scenes, webcam_images  # noqa: F401
 
 
+_BRIGHTNESS: dict = {}  # (path, size, mtime) -> mean grey level: each file is decoded once per process
+
+
 def mean_brightness(paths: Sequence[Path]) -> np.ndarray:
+    """Mean grey level of each image (every 4th pixel; 128 for an unreadable file)."""
     import cv2
 
     out = []
     for p in paths:
+        try:
+            st = Path(p).stat()
+            key = (str(p), st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None
+        if key is not None and key in _BRIGHTNESS:
+            out.append(_BRIGHTNESS[key])
+            continue
         g = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
-        out.append(float(g[::4, ::4].mean()) if g is not None else 128.0)
+        value = float(g[::4, ::4].mean()) if g is not None else 128.0
+        if key is not None:
+            _BRIGHTNESS[key] = value
+        out.append(value)
     return np.asarray(out)
 
 
