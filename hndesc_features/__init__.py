@@ -4,7 +4,7 @@ Kept import-light on purpose: the hloc hook imports this package at interpreter 
 """
 import logging
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 logger = logging.getLogger("hndesc_features")
 if not logger.handlers:
