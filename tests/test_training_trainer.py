@@ -278,3 +278,17 @@ def test_init_weights_starts_from_an_exported_file(uninterrupted, tmp_path):
         run(other, tmp_path / "bad")
     with pytest.raises(CheckpointError, match="weights file .*not found"):
         run(tiny_conf(steps=1, init_weights=str(tmp_path / "missing.pt")), tmp_path / "missing")
+
+
+def test_cli_records_its_command_in_the_exported_weights(tmp_path):
+    """The exported weights name the command that trained them (one recorded command per shipped file)."""
+    conf = tiny_conf()
+    conf["train"]["steps"] = 2
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(conf))
+    out = tmp_path / "run"
+    assert train_main([str(cfg), "--output", str(out), "train.steps=1"]) == 0
+    (w,) = [p for p in out.glob("*.pt") if not p.name.startswith("checkpoint") and "_best" not in p.name]
+    meta = torch.load(w, weights_only=True)["meta"]
+    assert meta["command"] == f"python -m hndesc_features.training.train {cfg} --output {out} train.steps=1"
+    assert meta["step"] == 1
