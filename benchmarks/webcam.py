@@ -29,8 +29,9 @@ Metrics (per pair, then averaged per scene, per bin, per light label and over th
 features extracted by our CLI (or hloc's with HNDESC_BENCH_EXTRACTOR=hloc), float32, at the conf's
 resolution; mutual nearest neighbours of the descriptors (as benchmarks.hpatches); a match is
 correct at t px when its GT reprojection error, in pixels of the original image, is <= t.
-MMA@t (t = 1..10; a pair without matches scores 0), the number of matches and of correct matches
-at 3 px. Writes <output>.json, <output>.md and <output>_mma.png (MMA vs threshold).
+MMA@t (t = 1..10; a pair without matches scores 0), the number of matches, of correct matches
+at 3 px and of *verified* correct matches (correct at 3 px and an inlier of the pair's RANSAC homography,
+OpenCV, 3 px: the matches a user keeps after geometric verification). Writes <output>.json, <output>.md and <output>_mma.png (MMA vs threshold).
 """
 from __future__ import annotations
 
@@ -159,6 +160,17 @@ def warp_pairs(root: Path, pairs: list[dict], work: Path, seed: int, strength: f
     return out_root
 
 
+def verified_correct(kp0: np.ndarray, kp1: np.ndarray, m: np.ndarray, H: np.ndarray, t: float = 3.0) -> int:
+    """Matches within t px of the GT that are also inliers of a RANSAC homography (OpenCV, t px)."""
+    if len(m) < 4:
+        return 0
+    p0, p1 = np.asarray(kp0, np.float64)[m[:, 0]], np.asarray(kp1, np.float64)[m[:, 1]]
+    proj = cv2.perspectiveTransform(p0[None], np.asarray(H, np.float64))[0]
+    correct = np.linalg.norm(proj - p1, axis=1) <= t
+    _, mask = cv2.findHomography(p0, p1, cv2.RANSAC, t, maxIters=2000, confidence=0.999)
+    return 0 if mask is None else int((correct & mask.ravel().astype(bool)).sum())
+
+
 def evaluate_pairs(pairs: Sequence[dict], feats: Path, feats1: Optional[Path] = None,
                    max_keypoints: Optional[int] = None, thresholds: Sequence[float] = THRESHOLDS) -> list[dict]:
     """Per-pair MMA curve, matches and correct matches (@3 px) from hloc feature files: image0 in
@@ -175,7 +187,7 @@ def evaluate_pairs(pairs: Sequence[dict], feats: Path, feats1: Optional[Path] = 
             mma = mma_pair(f0["keypoints"], f1["keypoints"], m, H, thresholds)
             row = {k: v for k, v in p.items() if k not in ("H",)}
             row.update(mma=mma.tolist(), matches=int(len(m)), correct=int(round(mma[list(thresholds).index(3)] * len(m)))
-                       if 3 in thresholds else None,
+                       if 3 in thresholds else None, verified=verified_correct(f0["keypoints"], f1["keypoints"], m, H),
                        keypoints=[int(len(f0["keypoints"])), int(len(f1["keypoints"]))])
             rows.append(row)
     return rows
@@ -187,6 +199,7 @@ def summarize(rows: Sequence[dict]) -> Optional[dict]:
     return {"mma": np.mean([r["mma"] for r in rows], 0).tolist(),
             "matches": float(np.mean([r["matches"] for r in rows])),
             "correct": float(np.mean([r["correct"] for r in rows])),
+            "verified": float(np.mean([r.get("verified", float("nan")) for r in rows])),
             "keypoints": float(np.mean([np.mean(r["keypoints"]) for r in rows])),
             "pairs": len(rows)}
 
@@ -224,13 +237,14 @@ def _row(name: str, label: str, s: Optional[dict]) -> Optional[str]:
     if s is None:
         return None
     mma = " | ".join(f"{s['mma'][t - 1]:.3f}" for t in TABLE_THRESHOLDS)
-    return (f"| {name} | {label} | {mma} | {s['matches']:.0f} | {s['correct']:.0f} | {s['keypoints']:.0f} | "
+    return (f"| {name} | {label} | {mma} | {s['matches']:.0f} | {s['correct']:.0f} | {s.get('verified', float('nan')):.0f} | "
+            f"{s['keypoints']:.0f} | "
             f"{s['pairs']} |")
 
 
 def markdown(results: dict, meta: dict) -> str:
-    head = ("| conf | pairs | MMA@1 | @2 | @3 | @5 | #matches | #correct@3 | #kp | #pairs |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| conf | pairs | MMA@1 | @2 | @3 | @5 | #matches | #correct@3 | #verified@3 | #kp | #pairs |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     warp = f", + viewpoint homography (strength {meta['warp_strength']})" if meta["warp"] == "homography" else ""
     lines = [f"# Webcam illumination benchmark ({', '.join(meta['scenes'])}{warp})", "",
              f"Dev scene(s): {', '.join(DEV_SCENES)}; training scenes ({', '.join(TRAIN_SCENES)}) are labelled "

@@ -54,6 +54,35 @@ def test_speed_tiny_run(tmp_path):
     assert "×SIFT" in md and f"CPU time ×{conf}" in md and "best of 2 interleaved rounds" in md
 
 
+def test_speed_whole_hloc_cli_processes(tmp_path):
+    """--image_dir: one whole `python -m hloc.extract_features` process per conf and round, CPU and peak RSS
+    from the child's rusage, ratios to the reference per round (no timing assertion)."""
+    pytest.importorskip("hloc", reason="--image_dir times hloc's CLI")
+    from benchmarks import speed
+    from benchmarks.make_dev_hpatches import heldout_sources
+
+    srcs = heldout_sources()
+    if not srcs:
+        pytest.skip("no held-out photo available")
+    import cv2
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, p in enumerate(srcs[:2]):
+        img = cv2.imread(str(p))
+        cv2.imwrite(str(d / f"{i}.jpg"), cv2.resize(img, (320, round(320 * img.shape[0] / img.shape[1]))))
+    out = tmp_path / "speed.json"
+    res = speed.main(["--conf", "rootsift", "--image_dir", str(d), "--rounds", "2", "--output", str(out)])
+    assert res["mode"] == "cli" and res["images"] == 2 and res["reference"] == "rootsift"
+    (row,) = res["results"]
+    assert row["conf"] == "rootsift" and len(row["rounds"]) == 2
+    assert all(r["wall_s"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mib"] > 100 for r in row["rounds"])  # torch is loaded
+    assert row["time_vs_ref"] == row["cpu_time_vs_ref"] == 1.0 and 0 < row["mean_keypoints"] <= 4096
+    assert "wall ×rootsift" in out.with_suffix(".md").read_text()
+    with pytest.raises(speed.BenchmarkError, match="not among hloc"):
+        speed.main(["--conf", "no_such_conf", "--image_dir", str(d), "--output", str(out)])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -86,9 +86,12 @@ def test_identity_gt_and_shift_breaks_it(webcam, small_conf, tmp_path):
     mma = np.array(ok["mma"])
     assert np.all(np.diff(mma) >= 0) and mma[0] > 0.2 and mma[2] > 0.25  # real day-to-day changes
     assert ok["correct"] > 100 and ok["matches"] > ok["correct"]
+    # verified: the correct matches that survive RANSAC; on these day-to-day pairs most of them do
+    assert 0.7 * ok["correct"] < ok["verified"] <= ok["correct"]
     # second images moved by 4 px: the identity GT is now wrong, MMA@1..3 collapse, MMA@5+ stays
     assert shifted["mma"][0] < 0.2 * mma[0] and shifted["mma"][2] < 0.2 * mma[2]
     assert shifted["matches"] > 0.7 * ok["matches"]  # the features still match, at the moved place
+    assert shifted["verified"] <= shifted["correct"] < 0.2 * ok["correct"]
 
 
 def test_the_right_homography_is_the_gt(webcam, small_conf, tmp_path):

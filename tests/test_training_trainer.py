@@ -319,3 +319,17 @@ def test_bf16_autocast_trains_on_cpu_without_pinned_memory(tmp_path):
     assert s["finished"] and all(torch.isfinite(torch.tensor(v)) for _, v in losses(tmp_path / "bf16"))
     obj = torch.load(tmp_path / "bf16" / "tiny_residual.pt", weights_only=True)
     assert all(v.dtype in (torch.float32, torch.int64) for v in obj["state_dict"].values())
+
+
+def test_cli_records_its_command_in_the_exported_weights(tmp_path):
+    """The exported weights name the command that trained them (one recorded command per shipped file)."""
+    conf = tiny_conf()
+    conf["train"]["steps"] = 2
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(conf))
+    out = tmp_path / "run"
+    assert train_main([str(cfg), "--output", str(out), "train.steps=1"]) == 0
+    (w,) = [p for p in out.glob("*.pt") if not p.name.startswith("checkpoint") and "_best" not in p.name]
+    meta = torch.load(w, weights_only=True)["meta"]
+    assert meta["command"] == f"python -m hndesc_features.training.train {cfg} --output {out} train.steps=1"
+    assert meta["step"] == 1

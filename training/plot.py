@@ -57,8 +57,11 @@ def plot_run(run_dir, output=None, title=None) -> Path:
     train = m.get("train", {})
     val = m.get("val", {})
     train_keys = [k for k in train if k not in ("time", "lr") and not k.startswith("n_")]  # counts apart
-    val_keys = [k for k in val if k.startswith("mma@") or k.startswith("homography@")]
-    n = 1 + bool(val_keys) + ("lr" in train)
+    val_keys = [k for k in val if k.startswith(("mma@", "homography@", "webcam_mma@3"))]
+    # the counts that select the exported weights (correct / RANSAC-verified matches, the selection value),
+    # relative to their first validation so that sets of different sizes share one axis
+    rel_keys = [k for k in val if "correct@" in k or k == "select"]
+    n = 1 + bool(val_keys) + bool(rel_keys) + ("lr" in train)
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6))
     axes = [axes] if n == 1 else list(axes)
     ax = axes[0]
@@ -90,6 +93,17 @@ def plot_run(run_dir, output=None, title=None) -> Path:
         ax.set_ylim(0, 1)
         ax.set_xlabel("step")
         ax.set_title("validation")
+        ax.legend(fontsize=7)
+    if rel_keys:
+        ax = axes[i]
+        i += 1
+        for k in sorted(rel_keys):
+            s, v = val[k]
+            if v and v[0]:
+                ax.plot(s, [x / v[0] for x in v], marker="o", ms=3, label=k, lw=2.5 if k == "select" else 1.2)
+        ax.axhline(1.0, color="k", lw=0.6)
+        ax.set_xlabel("step")
+        ax.set_title("validation counts / first validation")
         ax.legend(fontsize=7)
     if "lr" in train:
         ax = axes[i]

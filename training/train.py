@@ -37,7 +37,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
     try:
         conf = load_config(args.config, args.overrides)
-        summary = run(conf, args.output, resume=args.resume, overwrite=args.overwrite)
+        import shlex
+
+        command = " ".join(["python -m hndesc_features.training.train", *(shlex.quote(a) for a in
+                                                                            (argv if argv is not None else sys.argv[1:]))])
+        summary = run(conf, args.output, resume=args.resume, overwrite=args.overwrite, command=command)
     except (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

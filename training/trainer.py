@@ -531,6 +531,8 @@ class Trainer:
         path = Path(path) if path else self.output / f"{self.conf['name']}.pt"
         meta = {"name": self.conf["name"], "step": self.step, "train_seconds": round(self.elapsed, 1),
                 "config": json.dumps(self.conf, sort_keys=True)}
+        if getattr(self, "command", None):
+            meta["command"] = self.command
         state = {k: v.contiguous() for k, v in self.model.state_dict().items()}  # channels_last → plain
         return export_weights(path, self.arch, getattr(self.model, "conf", _strip(self.conf["model"])), state, meta)
 
@@ -692,6 +694,8 @@ def _worker_init(worker_id: int) -> None:
     limit_threads(1)
 
 
-def run(conf: dict, output, resume: bool = False, overwrite: bool = False) -> dict:
+def run(conf: dict, output, resume: bool = False, overwrite: bool = False, command: Optional[str] = None) -> dict:
+    """command: the command line that started the run, recorded in the exported weights' metadata."""
     trainer = Trainer(conf, output, resume=resume, overwrite=overwrite)
+    trainer.command = command
     return trainer.train()
