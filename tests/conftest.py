@@ -40,19 +40,6 @@ def sacre_coeur(shared_data) -> Path:
     return shared_data / "sacre_coeur" / "mapping"
 
 
-@pytest.fixture(scope="session")
-def sacre_coeur_640(sacre_coeur, tmp_path_factory) -> Path:
-    """The 10 Sacré-Cœur mapping photos downscaled to a 640-px long side (JPEG quality 95), made once:
-    SfM on them takes a fraction of the full-size time and still registers every image."""
-    d = tmp_path_factory.mktemp("sacre_coeur_640")
-    for f in sorted(sacre_coeur.glob("*.jpg")):
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        s = 640 / max(img.shape[:2])
-        small = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(d / f.name), small, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    return d
-
-
 def skimage_photo(name: str) -> np.ndarray:
     """RGB uint8 photo shipped inside the scikit-image wheel."""
     import skimage.data

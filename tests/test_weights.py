@@ -74,7 +74,7 @@ def test_install_cli_checks_the_architecture(user_dir, tmp_path, capsys, caps_re
         registry.install("my_own", ckpt)  # unknown name: must be our format
 
 
-def test_install_refuses_bad_files_in_plain_words(user_dir, tmp_path):
+def test_install_refuses_bad_files_in_plain_words(caps_release, user_dir, tmp_path):
     """Another architecture: the message names both architectures (our format) or the mismatched
     keys (released layout). Not a torch file: a plain sentence saying what the file is instead."""
     from hndesc_features.models.hndesc_r2d2 import HNDescR2D2
@@ -104,7 +104,7 @@ def test_install_refuses_bad_files_in_plain_words(user_dir, tmp_path):
         assert not any(tok.isdigit() and len(tok) > 4 for tok in msg.replace(":", " ").split()), msg
     # torch's legacy (non-zip) format is still a torch file
     legacy = tmp_path / "legacy.pth"
-    net = _released_caps_checkpoint(tmp_path / "zip.pth")
+    _, net = caps_release
     torch.save({"state_dict": net.state_dict()}, legacy, _use_new_zipfile_serialization=False)
     assert registry.install("hndesc_caps", legacy) == user_dir / "hndesc_caps.pt"
 
