@@ -40,6 +40,18 @@ def sacre_coeur(shared_data) -> Path:
     return shared_data / "sacre_coeur" / "mapping"
 
 
+@pytest.fixture(scope="session")
+def val_pairs(shared_data):
+    """The trainer's validation pairs (random homographies, 400 px) of two real photos."""
+    from hndesc_features.training.validation import make_pairs
+
+    photos = sorted((shared_data / "photos").glob("*.jpg"))
+    if len(photos) < 2:
+        pytest.skip("needs the real photos in ../shared/data/photos")
+    return make_pairs({"source": {"name": "list", "paths": [str(p) for p in photos[:2]]}, "n_pairs": 2,
+                       "resize": 400})
+
+
 def skimage_photo(name: str) -> np.ndarray:
     """RGB uint8 photo shipped inside the scikit-image wheel."""
     import skimage.data

@@ -2,24 +2,9 @@
 (real photos, fixed homographies, RootSIFT and a degraded copy of it)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    photos = sorted((DATA / "photos").glob("*.jpg")) if (DATA / "photos").is_dir() else []
-    if len(photos) < 2:
-        pytest.skip("needs the real photos in ../shared/data/photos")
-    from hndesc_features.training.validation import make_pairs
-
-    return make_pairs({"source": {"name": "list", "paths": [str(p) for p in photos[:2]]}, "n_pairs": 2,
-                       "resize": 400})
 
 
 def _rootsift(img):
@@ -29,10 +14,10 @@ def _rootsift(img):
     return {"keypoints": torch.from_numpy(f["keypoints"]), "descriptors": torch.from_numpy(f["descriptors"])}
 
 
-def test_ransac_correct_counts_verified_correct_matches(pairs):
+def test_ransac_correct_counts_verified_correct_matches(val_pairs):
     from hndesc_features.training.validation import evaluate_pairs
 
-    r = evaluate_pairs(_rootsift, pairs)
+    r = evaluate_pairs(_rootsift, val_pairs)
     assert 0 < r["ransac_correct@3"] <= r["correct@3"] <= r["matches"]
     assert r["ransac_correct@3"] > 0.9 * r["correct@3"]  # clean homography pairs: RANSAC keeps them
     assert r["correct@3"] == pytest.approx(r["mma@3"] * r["matches"], rel=0.2)
@@ -44,7 +29,7 @@ def test_ransac_correct_counts_verified_correct_matches(pairs):
         d = f["descriptors"].numpy() + rng.normal(scale=0.12, size=f["descriptors"].shape).astype(np.float32)
         return {"keypoints": f["keypoints"], "descriptors": torch.from_numpy(d / np.linalg.norm(d, axis=1, keepdims=True))}
 
-    n = evaluate_pairs(noisy, pairs)
+    n = evaluate_pairs(noisy, val_pairs)
     assert n["ransac_correct@3"] < 0.8 * r["ransac_correct@3"]
 
 
