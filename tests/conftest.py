@@ -7,13 +7,35 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-import pytest
+# The suite runs on pytest-xdist workers (pyproject addopts `-n 2`): each worker's torch / OpenCV get an
+# equal share of the cores, so that two workers do not oversubscribe the machine (set before any import
+# reads it; a value the user exported is kept). A run without workers (`-n 0`) uses 2 threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2)
+                                                     // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = (ROOT / ".." / "shared" / "data").resolve()
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_configure(config):
+    if not os.environ.get("PYTEST_XDIST_WORKER") and not getattr(config.option, "numprocesses", None):
+        os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `heavy(seconds)` (the long end-to-end runs; seconds: their rough cost alone on 2
+    cores) go first, longest first, so that the workers start them while the many short tests fill
+    the gaps; the order is otherwise kept."""
+    def cost(item):
+        mark = item.get_closest_marker("heavy")
+        return -(mark.args[0] if mark and mark.args else 0)
+
+    items.sort(key=cost)
 
 
 def hloc_available() -> bool:

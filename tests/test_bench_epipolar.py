@@ -79,6 +79,7 @@ def test_pose_auc_is_the_area_under_the_recall_curve():
     assert E.pose_auc([0.0, 180.0])["pose_auc@5"] == pytest.approx(0.5)
 
 
+@pytest.mark.heavy(10)
 @needs_strecha
 @requires_hloc
 def test_cli_through_hloc(tmp_path):

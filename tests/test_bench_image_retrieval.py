@@ -151,6 +151,7 @@ def test_precomputed_shortlist_reranked_by_inliers_hand_computed_map(tiny, tmp_p
                               "--outputs", out])))
 
 
+@pytest.mark.heavy(15)
 def test_global_shortlist_with_our_netvlad_then_rerank(tiny, tmp_path, monkeypatch):
     """Global descriptors from hf_netvlad (a random struct file in hloc's cache): every database image
     is in the top 100, so re-ranking orders the whole database: every positive beats the other scenes."""

@@ -162,6 +162,7 @@ def test_netvlad_weights_missing_offline_is_a_clear_error(aachen, conf, tmp_path
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.heavy(10)
 def test_aachen_without_torchvision_retrieves_with_our_netvlad(aachen, conf, tmp_path):
     """No torchvision, NetVLAD weights in hloc's cache (a random struct file in the released layout):
     retrieval runs with our hf_netvlad and the queries are localized."""

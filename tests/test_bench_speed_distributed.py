@@ -24,6 +24,7 @@ def _our_sift_conf():
     return "rootsift"
 
 
+@pytest.mark.heavy(10)
 def test_speed_tiny_run(tmp_path):
     from benchmarks import speed
     from benchmarks.make_dev_hpatches import heldout_sources

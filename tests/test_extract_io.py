@@ -156,6 +156,7 @@ def test_exif_rotated_jpeg_uses_stored_pixel_frame(tmp_path):
     np.testing.assert_array_equal(out["rotated.jpg/keypoints"][0], out["plain.jpg/keypoints"][0])
 
 
+@pytest.mark.heavy(10)
 def test_resume_after_kill(tmp_path, sacre_coeur):
     """SIGKILL mid-run leaves a readable .h5 (or none); the rerun recovers finished images."""
     out = tmp_path / "o"

@@ -136,6 +136,7 @@ def test_our_matching_equals_hlocs(two_photos, tmp_path):
         assert (m > -1).sum() > 300
 
 
+@pytest.mark.heavy(90)
 @requires_hloc
 def test_surf_sfm_through_hloc_registers_sacre_coeur(sacre_coeur, tmp_path):
     """The acceptance run: hloc CLI with --conf surf, hloc NN-mutual, hloc reconstruction (at full

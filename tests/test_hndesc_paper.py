@@ -265,6 +265,7 @@ def test_caps_encoder_starts_from_a_torchvision_resnet50_file(paper_data, tmp_pa
         Trainer(bad, tmp_path / "run2")
 
 
+@pytest.mark.heavy(10)
 def test_caps_row_under_torchrun_two_processes(paper_data, tmp_path):
     """DDP (gloo on CPU, NCCL on GPUs): the CAPS gd row with its unused conv_coarse
     (train.find_unused_parameters) trains 2 steps on 2 processes with identical weights."""

@@ -110,6 +110,7 @@ def test_fixture_covers_the_resize_cases(official):
     assert official_size(1024, 576, 1024) == (1024, 576)  # not larger: kept
 
 
+@pytest.mark.heavy(25)
 @pytest.mark.parametrize("backbone", ["caps", "r2d2"])
 def test_our_cli_equals_the_released_code(backbone, official, random_weights, photo_dir, tmp_path, monkeypatch):
     from hndesc_features import weights
@@ -122,6 +123,7 @@ def test_our_cli_equals_the_released_code(backbone, official, random_weights, ph
     assert_equal_to_official(official, backbone, _read_feats(h5, _names(official)))
 
 
+@pytest.mark.heavy(20)
 @requires_hloc
 @pytest.mark.parametrize("backbone", ["caps", "r2d2"])
 def test_hloc_cli_equals_the_released_code(backbone, official, random_weights, photo_dir, tmp_path):
@@ -138,6 +140,7 @@ def test_hloc_cli_equals_the_released_code(backbone, official, random_weights, p
         assert tuple(read_h5(h5)[f"{name}/image_size"][0]) == (w, h)
 
 
+@pytest.mark.heavy(10)
 def test_gray_rebuilt_from_rgb_is_bounded(official, random_weights, photo_dir):
     """Without the file (an image tensor only), gray comes from the RGB pixels instead of libjpeg's
     luma: at least 99 % of the keypoints stay (measured: 100 % on the Sacré-Cœur photo, 99.5 % on the
@@ -185,6 +188,7 @@ def test_extractor_without_a_file_uses_the_tensor(random_weights, photo_dir, mon
     assert torch.equal(a["descriptors"][0][:, ia], b["descriptors"][0][:, ib])  # same RGB input: same descriptors
 
 
+@pytest.mark.heavy(10)
 def test_superpoint_weights_install_hloc_checkout_and_errors(random_weights, tmp_path):
     """`weights install superpoint FILE` checks the layout; hloc's checkout is searched; a missing
     file gets the one-line install instruction."""

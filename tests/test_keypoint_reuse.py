@@ -59,6 +59,7 @@ def large_images(tmp_path_factory):
     return d
 
 
+@pytest.mark.heavy(10)
 @requires_hloc
 def test_hloc_cli_puts_descriptors_on_existing_keypoints(large_images, tmp_path):
     """rootsift keypoints extracted by hloc's CLI, described by hndesc_small through hloc's CLI

@@ -80,6 +80,7 @@ def test_wheel_contents_and_hook(wheel_install, tmp_path):
     assert "HOOK False" in p.stdout, p.stdout + p.stderr
 
 
+@pytest.mark.heavy(8)
 def test_wheel_install_trains_a_shipped_config_by_name(wheel_install, tmp_path):
     """Installed from a built wheel (not editable), `python -m hndesc_features.training.train NAME`
     finds the config inside the wheel, trains and exports."""

@@ -6,6 +6,7 @@ import shlex
 import shutil
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, requires_hloc, run_py
 
@@ -30,6 +31,7 @@ MAPPING = ["100_7100.JPG", "100_7101.JPG", "100_7103.JPG", "100_7104.JPG"]
 QUERY = "100_7102.JPG"
 
 
+@pytest.mark.heavy(20)
 @requires_hloc
 def test_readme_hloc_path_runs_verbatim(tmp_path, shared_data):
     """Extract → pairs → match → reconstruction (bash block) → localize (Python block), as written."""
@@ -103,6 +105,7 @@ def _released_weights(name: str, path):
     torch.save(sd if name == "superpoint" else {"state_dict": sd}, path)
 
 
+@pytest.mark.heavy(45)
 @requires_hloc
 def test_readme_reproduce_the_paper_block_runs(tmp_path, shared_data):
     """The "Reproduce the paper" commands, verbatim but for: the tiny dataset layouts in their

@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
 from test_training_trainer import REPO, losses, tiny_conf
 
 
+@pytest.mark.heavy(8)
 def test_ddp_two_processes_gloo(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     conf = tiny_conf(steps=2, batch_size=2)

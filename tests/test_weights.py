@@ -74,6 +74,7 @@ def test_install_cli_checks_the_architecture(user_dir, tmp_path, capsys, caps_re
         registry.install("my_own", ckpt)  # unknown name: must be our format
 
 
+@pytest.mark.heavy(10)
 def test_install_refuses_bad_files_in_plain_words(caps_release, user_dir, tmp_path):
     """Another architecture: the message names both architectures (our format) or the mismatched
     keys (released layout). Not a torch file: a plain sentence saying what the file is instead."""
