@@ -94,10 +94,35 @@ def two_photos(tmp_path) -> Path:
     return d
 
 
-def run_py(args, env_extra=None, cwd=None, timeout=600, check=True):
+_WARM = None
+
+
+def _warm_python():
+    """This test process's warm interpreter (tests/warm_python.py), started on first use."""
+    global _WARM
+    if _WARM is None or not _WARM.alive():
+        from warm_python import WarmPython
+
+        _WARM = WarmPython()
+    return _WARM
+
+
+def pytest_unconfigure(config):
+    if _WARM is not None:
+        _WARM.close()
+
+
+def run_py(args, env_extra=None, cwd=None, timeout=600, check=True, fresh=False):
+    """`python ARGS` → CompletedProcess (text). A `-m` / `-c` command runs in a child forked from a warm
+    interpreter that has torch imported (tests/warm_python.py), unless it changes what interpreter
+    start-up reads or `fresh` asks for a new interpreter."""
     env = {**os.environ, **(env_extra or {})}
-    p = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
-                       cwd=cwd or ROOT.parent, timeout=timeout)
+    cwd = cwd or ROOT.parent
+    if not fresh and _warm_python().eligible(args, env):
+        p = _warm_python().run(args, env, cwd, timeout)
+    else:
+        p = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                           timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"command failed ({p.returncode}): {args}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p

@@ -5,10 +5,7 @@ cropped views, positives views of the same scene, negatives the other scenes."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks import image_retrieval as R
+from conftest import run_py
 from benchmarks.common import BenchmarkError, shared_data_dir, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,8 +177,8 @@ def test_global_shortlist_with_our_netvlad_then_rerank(tiny, tmp_path, monkeypat
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "benchmarks.image_retrieval", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    return run_py(["-m", "benchmarks.image_retrieval", *map(str, args)], env_extra=env, cwd=ROOT, timeout=300,
+                  check=False)
 
 
 def test_empty_folder_is_a_clean_error(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks.common import BenchmarkError, hloc_available, shared_data_dir
+from conftest import run_py
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = shared_data_dir()
@@ -27,8 +28,7 @@ pytestmark = [
 
 
 def _cli(module: str, *args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return run_py(["-m", module, *map(str, args)], env_extra=env, cwd=ROOT, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")
