@@ -28,14 +28,36 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `heavy(seconds)` (the long end-to-end runs; seconds: their rough cost alone on 2
-    cores) go first, longest first, so that the workers start them while the many short tests fill
-    the gaps; the order is otherwise kept."""
-    def cost(item):
+    """Modules holding a test marked `heavy(seconds)` (the long end-to-end runs; seconds: their rough
+    cost alone on 2 cores) go first, the costliest first, so that the workers start them while the
+    many short tests fill the gaps. Each module's tests stay together, in their order, so that a
+    module-scoped fixture is built once per worker."""
+    first, cost = {}, {}
+    for i, item in enumerate(items):
         mark = item.get_closest_marker("heavy")
-        return -(mark.args[0] if mark and mark.args else 0)
+        first.setdefault(item.module, i)
+        cost[item.module] = max(cost.get(item.module, 0), mark.args[0] if mark and mark.args else 0)
+    order = {item: i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-cost[item.module], first[item.module], order[item]))
 
-    items.sort(key=cost)
+
+#: modules that one worker runs whole, because their module-scoped fixtures cost seconds (built once,
+#: not once per worker); every other test is scheduled on its own
+ONE_WORKER_MODULES = {"test_bench_hpatches.py", "test_bench_localization.py", "test_compare.py", "test_packaging.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduler by scope, a scope being one of ONE_WORKER_MODULES or a single test,
+    in the order pytest_collection_modifyitems gives (xdist's own `xdist_group` marks need pytest < 9)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleOrTest(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).name in ONE_WORKER_MODULES else nodeid
+
+    config.option.loadscopereorder = False
+    return ModuleOrTest(config, log)
 
 
 def hloc_available() -> bool:
