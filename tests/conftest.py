@@ -134,13 +134,13 @@ def pytest_unconfigure(config):
         _WARM.close()
 
 
-def run_py(args, env_extra=None, cwd=None, timeout=600, check=True, fresh=False):
+def run_py(args, env_extra=None, cwd=None, timeout=600, check=True):
     """`python ARGS` → CompletedProcess (text). A `-m` / `-c` command runs in a child forked from a warm
     interpreter that has torch imported (tests/warm_python.py), unless it changes what interpreter
-    start-up reads or `fresh` asks for a new interpreter."""
+    start-up reads: then in a new interpreter."""
     env = {**os.environ, **(env_extra or {})}
     cwd = cwd or ROOT.parent
-    if not fresh and _warm_python().eligible(args, env):
+    if _warm_python().eligible(args, env):
         p = _warm_python().run(args, env, cwd, timeout)
     else:
         p = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd,

@@ -11,7 +11,7 @@ uncaught exception as Python gives it.
 
 What a fork cannot redo is interpreter start-up: ``.pth`` hooks, ``-S`` / ``-X`` flags and the
 variables read while torch loads. ``run_py`` (tests/conftest.py) runs a fresh interpreter when a
-command needs any of that (``STARTUP_ENV``, a flag other than -m / -c, or ``fresh=True``).
+command needs any of that (``STARTUP_ENV``, a flag other than -m / -c, torchrun).
 """
 from __future__ import annotations
 
@@ -116,6 +116,7 @@ def _child(req: dict) -> None:
     import runpy
     import threading
     import traceback
+    import types
 
     code = 0
     try:
@@ -138,8 +139,6 @@ def _child(req: dict) -> None:
         sys.path[1:] = [p for p in sys.path[1:] if p not in old]
         sys.path[1:1] = [os.path.abspath(p) for p in req["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
         flag, target, *rest = req["args"]
-        import types
-
         main = types.ModuleType("__main__")  # a fresh, empty __main__ as `python` starts with
         sys.modules["__main__"] = main
         if flag == "-m":
