@@ -27,7 +27,7 @@ from pathlib import Path
 #: variables read at interpreter start-up or while torch loads: a command that changes one needs a
 #: fresh interpreter (PYTHONPATH is redone in the child: see `_pythonpath_ok`)
 STARTUP_ENV = {"PYTHONHOME", "PYTHONSTARTUP", "PYTHONNOUSERSITE", "PYTHONSAFEPATH",
-               "PYTHONWARNINGS", "PYTHONDONTWRITEBYTECODE", "HNDESC_NO_HLOC_HOOK", "OMP_NUM_THREADS",
+               "PYTHONWARNINGS", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "HNDESC_NO_HLOC_HOOK", "OMP_NUM_THREADS",
                "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "LD_PRELOAD", "LD_LIBRARY_PATH"}
 
 
