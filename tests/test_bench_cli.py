@@ -3,11 +3,10 @@ with a one-paragraph message (exit status 2), not a traceback."""
 from __future__ import annotations
 
 import importlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_py
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNERS = ["hpatches", "make_dev_hpatches", "localization_gt", "aachen_v1_1", "inloc", "tokyo247", "report", "speed",
@@ -25,8 +24,7 @@ def test_help(name, capsys):
 
 
 def test_help_as_module():
-    p = subprocess.run([sys.executable, "-m", "benchmarks.localization_gt", "--help"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    p = run_py(["-m", "benchmarks.localization_gt", "--help"], cwd=ROOT, timeout=120, check=False)
     assert p.returncode == 0 and "--night" in p.stdout and "--scene" in p.stdout
 
 

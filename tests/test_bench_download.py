@@ -3,15 +3,13 @@ clean failures when the network is unreachable (proxies pointed at a closed loca
 test ever reaches the internet)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from benchmarks.common import BenchmarkError
+from conftest import run_py
 
 ROOT = Path(__file__).resolve().parents[1]
 DEAD = "http://127.0.0.1:9"
@@ -70,8 +68,8 @@ def test_download_file_checksum_and_zip_slip(server, tmp_path):
 
 @pytest.mark.parametrize("module", ["aachen_v1_1", "inloc", "tokyo247"])
 def test_download_offline_fails_cleanly(module, tmp_path):
-    p = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--download", str(tmp_path / "ds")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=180, env={**os.environ, **OFFLINE_ENV})
+    p = run_py(["-m", f"benchmarks.{module}", "--download", str(tmp_path / "ds")], env_extra=OFFLINE_ENV, cwd=ROOT,
+               timeout=180, check=False)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     assert "Could not" in p.stderr and ("elsewhere" in p.stderr or "mirror" in p.stderr)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from benchmarks import hpatches as hp
 from hndesc_features.geometry import warp_points
 from benchmarks.common import BenchmarkError, available_confs
 from benchmarks.make_dev_hpatches import heldout_sources, make_dev_hpatches
+from conftest import run_py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,9 +220,8 @@ def test_download_from_local_tar_with_checksum(tmp_path):
 
 
 def test_download_offline_fails_cleanly(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.hpatches", "--download", str(tmp_path / "d"),
-                           "--url", "http://127.0.0.1:9/hpatches-sequences-release.tar.gz"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_py(["-m", "benchmarks.hpatches", "--download", str(tmp_path / "d"),
+                   "--url", "http://127.0.0.1:9/hpatches-sequences-release.tar.gz"], cwd=ROOT, timeout=120, check=False)
     assert proc.returncode == 2
     assert "Could not download" in proc.stderr and "Traceback" not in proc.stderr
     assert not list((tmp_path / "d").glob("*.part"))

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -214,5 +212,5 @@ def test_missing_hloc_is_a_clear_error(conf, tmp_path):
             "from benchmarks import localization_gt\n"
             f"run_cli(localization_gt.main, ['--scene', {str(SCENE)!r}, '--conf', {str(conf)!r}, "
             f"'--output', {str(tmp_path / 'R.json')!r}])\n")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = run_py(["-c", code], cwd=ROOT, timeout=120, check=False)
     assert p.returncode == 2 and "needs hloc" in p.stderr and "Traceback" not in p.stderr

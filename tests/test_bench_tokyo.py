@@ -4,14 +4,13 @@ the NetVLAD release, and the Sacré-Cœur night photo as a query."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks.common import BenchmarkError, hloc_available, shared_data_dir, write_pairs
+from conftest import run_py
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = shared_data_dir()
@@ -97,7 +96,7 @@ def test_missing_images_are_named(tokyo, tmp_path):
     shutil.rmtree(ds / "247query_subset_v2")
     with pytest.raises(BenchmarkError, match="247query_subset_v2"):
         find_layout(ds)
-    p = subprocess.run([sys.executable, "-m", "benchmarks.tokyo247", "--dataset", str(tmp_path / "none"),
-                        "--conf", str(tokyo["conf"])], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = run_py(["-m", "benchmarks.tokyo247", "--dataset", str(tmp_path / "none"), "--conf", str(tokyo["conf"])],
+               cwd=ROOT, timeout=120, check=False)
     assert p.returncode == 2 and "tokyo247.mat" not in p.stdout and "does not exist" in p.stderr
     assert "Traceback" not in p.stderr

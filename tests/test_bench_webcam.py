@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from benchmarks import webcam as W
+from conftest import run_py
 
 ROOT = Path(__file__).resolve().parents[1]
 # three chamonix images with different light (sun / overcast), hours 07:15, 12:15 and 17:46
@@ -115,8 +115,7 @@ def test_the_right_homography_is_the_gt(webcam, small_conf, tmp_path):
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.webcam", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return run_py(["-m", "benchmarks.webcam", *map(str, args)], cwd=ROOT, timeout=120, check=False)
 
 
 def test_clean_errors(tmp_path, capsys):
