@@ -116,32 +116,41 @@ def two_photos(tmp_path) -> Path:
     return d
 
 
-_WARM = None
+#: this test process's warm interpreters (tests/warm_python.py), one per start-up environment the
+#: commands asked for, each started on first use; at most MAX_WARM (a command beyond runs in a new one)
+_WARM: dict = {}
+MAX_WARM = 3
 
 
-def _warm_python():
-    """This test process's warm interpreter (tests/warm_python.py), started on first use."""
-    global _WARM
-    if _WARM is None or not _WARM.alive():
-        from warm_python import WarmPython
+def _warm_python(env: dict):
+    """The warm interpreter for a command's environment, or None when MAX_WARM are running already."""
+    from warm_python import WarmPython, startup_key
 
-        _WARM = WarmPython()
-    return _WARM
+    key = startup_key(env)
+    warm = _WARM.get(key)
+    if warm is None and len(_WARM) >= MAX_WARM:
+        return None
+    if warm is None or not warm.alive():
+        warm = _WARM[key] = WarmPython(env)
+    return warm
 
 
 def pytest_unconfigure(config):
-    if _WARM is not None:
-        _WARM.close()
+    for warm in _WARM.values():
+        warm.close()
 
 
 def run_py(args, env_extra=None, cwd=None, timeout=600, check=True):
     """`python ARGS` → CompletedProcess (text). A `-m` / `-c` command runs in a child forked from a warm
-    interpreter that has torch imported (tests/warm_python.py), unless it changes what interpreter
-    start-up reads: then in a new interpreter."""
+    interpreter that has torch imported (tests/warm_python.py) and was started with the same start-up
+    environment (the variables interpreter start-up reads); other commands in a new interpreter."""
+    from warm_python import runnable
+
     env = {**os.environ, **(env_extra or {})}
     cwd = cwd or ROOT.parent
-    if _warm_python().eligible(args, env):
-        p = _warm_python().run(args, env, cwd, timeout)
+    warm = _warm_python(env) if runnable(args, env) else None
+    if warm is not None:
+        p = warm.run(args, env, cwd, timeout)
     else:
         p = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd,
                            timeout=timeout)

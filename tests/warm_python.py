@@ -1,7 +1,7 @@
 """`python -m MODULE …` / `python -c CODE …` for the tests, without paying torch's import each time.
 
 Most commands the tests run import torch, which costs about 2.5 s of CPU on its own. This module
-is a warm interpreter: started once per test process (``WarmPython``), it imports torch, numpy and
+is a warm interpreter: started on first use (``WarmPython``), it imports torch, numpy and
 OpenCV and nothing else (no thread pool is started before a fork), then serves each command in a
 forked child. The child is set up as a fresh ``python`` would be: working directory, environment,
 ``sys.argv`` and ``sys.path[0]`` as Python sets them; stdin from /dev/null, stdout / stderr to
@@ -10,8 +10,9 @@ threads joined, atexit handlers run, streams flushed, and the exit status of Sys
 uncaught exception as Python gives it.
 
 What a fork cannot redo is interpreter start-up: ``.pth`` hooks, ``-S`` / ``-X`` flags and the
-variables read while torch loads. ``run_py`` (tests/conftest.py) runs a fresh interpreter when a
-command needs any of that (``STARTUP_ENV``, a flag other than -m / -c, torchrun).
+variables read while torch loads. ``run_py`` (tests/conftest.py) therefore keeps one server per
+start-up environment (``STARTUP_ENV``'s values: e.g. one with and one without the hloc hook), and
+runs a fresh interpreter for a flag other than -m / -c and for torchrun.
 """
 from __future__ import annotations
 
@@ -51,25 +52,38 @@ def _pythonpath_ok(env: dict) -> bool:
     return True
 
 
-class WarmPython:
-    """Client side: one server process; ``run`` blocks until the command's child exits."""
+def startup_key(env: dict) -> tuple:
+    """What a command's interpreter start-up reads from its environment: the server a command may use."""
+    return tuple(env.get(k) for k in sorted(STARTUP_ENV))
 
-    def __init__(self):
+
+def runnable(args, env: dict) -> bool:
+    """A `-m` / `-c` command that a child of a server started with its start-up environment runs as a new
+    interpreter would (not torch.distributed: its launcher starts interpreters of its own)."""
+    if len(args) < 2 or args[0] not in ("-m", "-c"):
+        return False
+    if args[0] == "-m" and args[1].startswith("torch.distributed"):
+        return False
+    return _pythonpath_ok(env)
+
+
+class WarmPython:
+    """Client side: one server process, started with ``env``'s start-up variables (the rest of its
+    environment is this process's); ``run`` blocks until the command's child exits."""
+
+    def __init__(self, env: dict | None = None):
         self.env = dict(os.environ)  # the server's start-up environment
+        for k in STARTUP_ENV:
+            if env is not None and k in env:
+                self.env[k] = env[k]
+            elif env is not None:
+                self.env.pop(k, None)
         self.proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      cwd=str(Path(__file__).parent), env=self.env)
         self._buf = b""
 
     def alive(self) -> bool:
         return self.proc.poll() is None
-
-    def eligible(self, args, env: dict) -> bool:
-        """A `-m` / `-c` command whose start-up environment is the server's."""
-        if len(args) < 2 or args[0] not in ("-m", "-c"):
-            return False
-        if args[0] == "-m" and args[1].startswith("torch.distributed"):
-            return False
-        return all(env.get(k) == self.env.get(k) for k in STARTUP_ENV) and _pythonpath_ok(env)
 
     def _reply(self, timeout):
         fd = self.proc.stdout.fileno()
