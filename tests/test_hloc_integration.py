@@ -156,7 +156,7 @@ feats = out / {get_feature_conf('surf')['output'] + '.h5'!r}
 pairs = out / 'pairs.txt'
 # the pairs in a fixed order: from the features file, hloc lists the names through a Python set, so
 # each pair's direction (and with it the order of the matches the seeded RANSAC samples) followed the
-# process's hash seed, and the same features registered 9 or 10 images, in 3 to 66 s of mapping
+# process's hash seed, and the same features registered 6 to 10 images, in 3 to 66 s of mapping
 pairs_from_exhaustive.main(pairs, image_list=sorted(p.name for p in images.iterdir()))
 m = match_features.main(match_features.confs['NN-mutual'], pairs, feats.stem, out)
 # hloc's reconstruction.main step by step, with COLMAP's randomness fixed: hloc's geometric
