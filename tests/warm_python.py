@@ -25,10 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-#: variables read at interpreter start-up or while torch loads: a command that changes one needs a
-#: fresh interpreter (PYTHONPATH is redone in the child: see `_pythonpath_ok`)
-STARTUP_ENV = {"PYTHONHOME", "PYTHONSTARTUP", "PYTHONNOUSERSITE", "PYTHONSAFEPATH",
-               "PYTHONWARNINGS", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "HNDESC_NO_HLOC_HOOK", "OMP_NUM_THREADS",
+#: variables read at interpreter start-up or while torch loads: a command that sets one differently
+#: needs a server started with its values (PYTHONPATH is redone in the child: see `_pythonpath_ok`)
+STARTUP_ENV = {"PYTHONHOME", "PYTHONSTARTUP", "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONWARNINGS",
+               "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "HNDESC_NO_HLOC_HOOK", "OMP_NUM_THREADS",
                "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "LD_PRELOAD", "LD_LIBRARY_PATH"}
 
 
@@ -73,11 +73,9 @@ class WarmPython:
 
     def __init__(self, env: dict | None = None):
         self.env = dict(os.environ)  # the server's start-up environment
-        for k in STARTUP_ENV:
-            if env is not None and k in env:
-                self.env[k] = env[k]
-            elif env is not None:
-                self.env.pop(k, None)
+        if env is not None:
+            self.env = {k: v for k, v in self.env.items() if k not in STARTUP_ENV}
+            self.env.update({k: env[k] for k in STARTUP_ENV if k in env})
         self.proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      cwd=str(Path(__file__).parent), env=self.env)
         self._buf = b""
