@@ -85,13 +85,23 @@ def _write_db_images(scene: dict, db: Sequence[str], images: Path, max_size: int
     return cams
 
 
+def _db_names(scene: dict, queries: set, db: Optional[Sequence[str]]) -> list:
+    if db is None:
+        return [n for n in sorted(scene) if n not in queries]
+    bad = sorted(set(db) - set(scene)) + sorted(set(db) & queries)
+    if bad:
+        raise BenchmarkError(f"Map images {bad} are not in the scene or are queries.")
+    return sorted(db)
+
+
 def make_tiny_aachen(dest: Path, scene_dir: Path, day: Sequence[str] = ("0003.jpg", "0007.jpg"),
                      night: Sequence[str] = ("0005.jpg",), max_size: int = 640, seed: int = 0,
-                     map_conf: Optional[str] = None) -> dict:
+                     map_conf: Optional[str] = None, db: Optional[Sequence[str]] = None) -> dict:
+    """db: the map's images (default: every image of the scene that is not a query)."""
     dest = Path(dest)
     scene = read_strecha_scene(scene_dir)
     qset = set(day) | set(night)
-    db = [n for n in sorted(scene) if n not in qset]
+    db = _db_names(scene, qset, db)
     images = dest / "images_upright"
     cams = _write_db_images(scene, db, images, max_size)
     queries = {"day": {}, "night": {}}
@@ -148,12 +158,13 @@ def _random_rigid(rng) -> np.ndarray:
 
 def make_tiny_inloc(dest: Path, scene_dir: Path, queries: Sequence[str] = ("0003.jpg", "0007.jpg"),
                     max_size: int = 640, query_size=(4032, 3024), seed: int = 0,
-                    map_conf: Optional[str] = None) -> dict:
+                    map_conf: Optional[str] = None, db: Optional[Sequence[str]] = None) -> dict:
+    """db: the scans' images (default: every image of the scene that is not a query)."""
     from scipy.io import savemat
 
     dest = Path(dest)
     scene = read_strecha_scene(scene_dir)
-    db = [n for n in sorted(scene) if n not in set(queries)]
+    db = _db_names(scene, set(queries), db)
     work = dest / "_build"
     build_dir = work / "images"
     cams = _write_db_images(scene, db, build_dir, max_size)

@@ -82,6 +82,17 @@ def test_night_rendering_is_deterministic_and_dark(tmp_path):
     assert day["query/0002.jpg"].width == 320 and n1["query/0002.jpg"].K[0, 0] == day["query/0002.jpg"].K[0, 0]
 
 
+def test_tiny_map_images_are_checked(tmp_path):
+    """A chosen map must be scene images that are not queries (checked before any file is written)."""
+    from benchmarks.tiny_datasets import make_tiny_aachen, make_tiny_inloc
+
+    with pytest.raises(BenchmarkError, match="0002.jpg"):
+        make_tiny_aachen(tmp_path / "a", SCENE, day=("0002.jpg",), night=(), db=("0001.jpg", "0002.jpg"))
+    with pytest.raises(BenchmarkError, match="9999.jpg"):
+        make_tiny_inloc(tmp_path / "i", SCENE, queries=("0002.jpg",), db=("0001.jpg", "9999.jpg"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "i").exists()
+
+
 @pytest.fixture(scope="module")
 def aachen(conf, tmp_path_factory):
     from benchmarks.tiny_datasets import make_tiny_aachen

@@ -1,13 +1,14 @@
 """`python -m MODULE …` / `python -c CODE …` for the tests, without paying torch's import each time.
 
 Most commands the tests run import torch, which costs about 2.5 s of CPU on its own. This module
-is a warm interpreter: started on first use (``WarmPython``), it imports torch, numpy and
-OpenCV and nothing else (no thread pool is started before a fork), then serves each command in a
-forked child. The child is set up as a fresh ``python`` would be: working directory, environment,
-``sys.argv`` and ``sys.path[0]`` as Python sets them; stdin from /dev/null, stdout / stderr to
-files; the module run by the same ``runpy`` entry point ``python -m`` uses; on exit, non-daemon
-threads joined, atexit handlers run, streams flushed, and the exit status of SystemExit / an
-uncaught exception as Python gives it.
+is a warm interpreter: started on first use (``WarmPython``), it imports torch, numpy, OpenCV,
+h5py and pycolmap (most hloc commands need the last two) and nothing else (no thread pool is
+started before a fork; no module that binds sys.stdout / sys.stderr at import, as hloc's logger
+does), then serves each command in a forked child. The child is set up as a fresh ``python``
+would be: working directory, environment, ``sys.argv`` and ``sys.path[0]`` as Python sets them;
+stdin from /dev/null, stdout / stderr to files; the module run by the same ``runpy`` entry point
+``python -m`` uses; on exit, non-daemon threads joined, atexit handlers run, streams flushed, and
+the exit status of SystemExit / an uncaught exception as Python gives it.
 
 What a fork cannot redo is interpreter start-up: ``.pth`` hooks, ``-S`` / ``-X`` flags and the
 variables read while torch loads. ``run_py`` (tests/conftest.py) therefore keeps one server per
@@ -33,7 +34,7 @@ STARTUP_ENV = {"PYTHONHOME", "PYTHONSTARTUP", "PYTHONNOUSERSITE", "PYTHONSAFEPAT
 
 
 #: the top-level packages the server has imported before forking (a PYTHONPATH entry may not shadow them)
-PRELOADED = ("torch", "numpy", "cv2", "hndesc_features")
+PRELOADED = ("torch", "numpy", "cv2", "h5py", "pycolmap", "hndesc_features")
 
 
 def _pythonpath_ok(env: dict) -> bool:
@@ -186,7 +187,9 @@ def _child(req: dict) -> None:
 def serve() -> None:
     # the imports every command pays for; nothing here may start a thread
     import cv2  # noqa: F401
+    import h5py  # noqa: F401
     import numpy  # noqa: F401
+    import pycolmap  # noqa: F401
     import torch  # noqa: F401
 
     for line in sys.stdin:
