@@ -69,7 +69,7 @@ def tiny(tmp_path_factory):
 
     def put(src: Path, name: str):
         img = cv2.imread(str(src))
-        s = min(1.0, 480 / max(img.shape[:2]))
+        s = min(1.0, 360 / max(img.shape[:2]))
         cv2.imwrite(str(jpg / f"{name}.jpg"), cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA),
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
 
@@ -82,9 +82,9 @@ def tiny(tmp_path_factory):
         put(f, f"sacre_{k}")
         imlist.append(f"sacre_{k}")
     ix = {n: i for i, n in enumerate(imlist)}
-    gnd = [{"bbx": [60.0, 40.4, 420.6, 280.0], "easy": [ix["fountain_0005"], ix["fountain_0004"]],
+    gnd = [{"bbx": [45.0, 30.4, 315.6, 210.0], "easy": [ix["fountain_0005"], ix["fountain_0004"]],
             "hard": [ix["fountain_0006"]], "junk": [ix["fountain_0003"], ix["fountain_0007"]]},
-           {"bbx": [50.2, 30.0, 400.0, 300.0], "easy": [ix["herzjesu_0003"]], "hard": [ix["herzjesu_0004"]],
+           {"bbx": [37.6, 22.5, 300.0, 225.0], "easy": [ix["herzjesu_0003"]], "hard": [ix["herzjesu_0004"]],
             "junk": [ix["herzjesu_0002"], ix["herzjesu_0005"]]}]
     with open(root / "roxford5k" / "gnd_roxford5k.pkl", "wb") as f:
         pickle.dump({"imlist": imlist, "qimlist": ["fountain_0005", "herzjesu_0003"], "gnd": gnd}, f)
@@ -101,8 +101,8 @@ def test_layout_and_query_crops(tiny, tmp_path):
     assert names == ["query/fountain_0005.png", "query/herzjesu_0003.png"]
     full = cv2.imread(str(lay["images"] / "fountain_0005.jpg"))
     crop = cv2.imread(str(root / names[0]))
-    # bbx [60, 40.4, 420.6, 280] rounded as PIL does: columns 60..421, rows 40..280, pixels unchanged (PNG)
-    assert crop.shape == (240, 361, 3) and np.array_equal(crop, full[40:280, 60:421])
+    # bbx [45, 30.4, 315.6, 210] rounded as PIL does: columns 45..316, rows 30..210, pixels unchanged (PNG)
+    assert crop.shape == (180, 271, 3) and np.array_equal(crop, full[30:210, 45:316])
     with pytest.raises(BenchmarkError, match="Unknown dataset"):
         R.find_layout(tiny["data"], "oxford")
     with pytest.raises(BenchmarkError, match="gnd_rparis6k.pkl"):

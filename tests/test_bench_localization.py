@@ -98,7 +98,7 @@ def aachen(conf, tmp_path_factory):
     from benchmarks.tiny_datasets import make_tiny_aachen
 
     d = tmp_path_factory.mktemp("aachen")
-    return make_tiny_aachen(d / "ds", SCENE, day=("0002.jpg", "0005.jpg"), night=("0003.jpg",), max_size=480,
+    return make_tiny_aachen(d / "ds", SCENE, day=("0002.jpg", "0005.jpg"), night=("0003.jpg",), max_size=360,
                             map_conf=str(conf))
 
 
