@@ -54,7 +54,7 @@ DESC_CELLS = 20         # descriptor window side (units of s): 4 sub-regions × 
 DESC_SIGMA = 3.3        # Gaussian weight of descriptor samples (units of s)
 MAX_OFFSET = 1.0        # accept interpolated extrema within this many samples (see fast_hessian)
 HESSIAN_WEIGHT = 0.81   # 0.9 ** 2
-CHUNK = 512             # keypoints per vectorised block (bounds memory)
+CHUNK = 64              # keypoints per vectorised block (bounds memory; blocks this small stay in cache)
 
 
 # ----------------------------------------------------------------------------- input / integral
