@@ -33,8 +33,12 @@ STARTUP_ENV = {"PYTHONHOME", "PYTHONSTARTUP", "PYTHONNOUSERSITE", "PYTHONSAFEPAT
                "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "LD_PRELOAD", "LD_LIBRARY_PATH"}
 
 
-#: the top-level packages the server has imported before forking (a PYTHONPATH entry may not shadow them)
-PRELOADED = ("torch", "numpy", "cv2", "h5py", "pycolmap", "hndesc_features")
+#: what the server imports before serving: the imports every command pays for; none may start a thread
+#: or bind sys.stdout / sys.stderr at import
+SERVER_IMPORTS = ("cv2", "h5py", "numpy", "pycolmap", "torch")
+#: the top-level packages the server holds before forking (a PYTHONPATH entry may not shadow them):
+#: its own imports, and hndesc_features, which the hloc hook's start-up line imports
+PRELOADED = (*SERVER_IMPORTS, "hndesc_features")
 
 
 def _pythonpath_ok(env: dict) -> bool:
@@ -185,12 +189,10 @@ def _child(req: dict) -> None:
 
 
 def serve() -> None:
-    # the imports every command pays for; nothing here may start a thread
-    import cv2  # noqa: F401
-    import h5py  # noqa: F401
-    import numpy  # noqa: F401
-    import pycolmap  # noqa: F401
-    import torch  # noqa: F401
+    import importlib
+
+    for name in SERVER_IMPORTS:
+        importlib.import_module(name)
 
     for line in sys.stdin:
         req = json.loads(line)
