@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
 #: modules that one worker runs whole, because their module-scoped fixtures cost seconds (built once,
 #: not once per worker); every other test is scheduled on its own
 ONE_WORKER_MODULES = {"test_bench_hpatches.py", "test_bench_localization.py", "test_compare.py",
-                      "test_packaging.py"}
+                      "test_hndesc_paper.py", "test_hndesc_sp.py", "test_packaging.py"}
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 
 from benchmarks.common import available_confs, shared_data_dir
-from conftest import ROOT, read_h5
+from conftest import ROOT, read_h5, run_py
 
 DATA = shared_data_dir()
 
@@ -108,10 +105,9 @@ def images(tmp_path_factory):
 
 
 def _torchrun(args, nproc=2, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+    cmd = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "hndesc_features.extract_features", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return run_py(cmd, env_extra={"OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=timeout, check=False)
 
 
 def test_sharded_extraction_equals_single_process(images, tmp_path):

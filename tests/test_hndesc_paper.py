@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import SHARED, run_py
 
 PAPER = "hndesc_paper"
 SMOKE = ["train.steps=2", "train.batch_size=2", "train.num_workers=0", "train.threads=1", "train.val_every=0",
@@ -270,15 +270,11 @@ def test_caps_row_under_torchrun_two_processes(paper_data, tmp_path):
     """DDP (gloo on CPU, NCCL on GPUs): the CAPS gd row with its unused conv_coarse
     (train.find_unused_parameters) trains 2 steps on 2 processes with identical weights."""
     import json
-    import subprocess
-    import sys
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+    cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "hndesc_features.training.train", f"{PAPER}/caps_ca_st_gd_megadepth", "--output", str(tmp_path / "ddp"),
            *SMOKE]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                       cwd=Path(__file__).resolve().parents[1])
+    r = run_py(cmd, env_extra={"OMP_NUM_THREADS": "1"}, cwd=Path(__file__).resolve().parents[1], check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"]

@@ -36,14 +36,14 @@ def torch_home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """Three real Sacré-Cœur photos at ≤ 320 px (VGG16 on CPU stays fast)."""
+    """Three real Sacré-Cœur photos at ≤ 240 px (VGG16 on CPU stays fast)."""
     src = (ROOT / ".." / "shared" / "data" / "sacre_coeur" / "mapping").resolve()
     if not src.is_dir():
         pytest.skip(f"real test data not found at {src}")
     d = tmp_path_factory.mktemp("photos")
     for f in sorted(src.glob("*.jpg"))[:3]:
         img = cv2.imread(str(f))
-        s = 320 / max(img.shape[:2])
+        s = 240 / max(img.shape[:2])
         cv2.imwrite(str(d / f.name), cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA))
     return d
 

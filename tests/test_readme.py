@@ -124,13 +124,13 @@ def test_readme_reproduce_the_paper_block_runs(tmp_path, shared_data):
     ds = tmp_path / "datasets"
     sift = small_conf_yaml(tmp_path / "sift1k.yaml", 1024)
     make_dev_hpatches(ds / "hpatches-sequences-release", images=sorted(heldout_sources(), key=lambda p: p.name)[:1],
-                      seed=3, max_size=320)
+                      seed=3, max_size=240)
     db = ("0000.jpg", "0001.jpg", "0004.jpg", "0005.jpg")  # the queries' neighbours in the walk
     pairs = {"aachen_v1_1": make_tiny_aachen(ds / "aachen_v1.1", scene, day=("0002.jpg",), night=("0003.jpg",),
-                                             max_size=320, map_conf=str(sift), db=db)["pairs"],
-             "inloc": make_tiny_inloc(ds / "inloc", scene, queries=("0002.jpg",), max_size=320,
+                                             max_size=240, map_conf=str(sift), db=db)["pairs"],
+             "inloc": make_tiny_inloc(ds / "inloc", scene, queries=("0002.jpg",), max_size=240,
                                       map_conf=str(sift), db=db)["pairs"]}
-    make_tiny_tokyo(ds / "tokyo247", shared_data, max_size=320, per_place_db=2)
+    make_tiny_tokyo(ds / "tokyo247", shared_data, max_size=240, per_place_db=2)
     lay = find_tokyo_layout(ds / "tokyo247")
     pairs["tokyo247"] = write_pairs(tmp_path / "shortlist.txt", [(q, d) for q in lay["q_names"] for d in lay["db_names"]])
 

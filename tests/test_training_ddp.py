@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import yaml
 
+from conftest import run_py
 from test_training_trainer import REPO, losses, tiny_conf
 
 
@@ -18,10 +16,10 @@ def test_ddp_two_processes_gloo(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     conf = tiny_conf(steps=2, batch_size=2)
     cfg.write_text(yaml.safe_dump(conf))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "hndesc_features.training.train", str(cfg), "--output", str(tmp_path / "ddp")]
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = run_py(cmd, env_extra=env, cwd=REPO, timeout=300, check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"]

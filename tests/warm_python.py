@@ -13,7 +13,8 @@ the exit status of SystemExit / an uncaught exception as Python gives it.
 What a fork cannot redo is interpreter start-up: ``.pth`` hooks, ``-S`` / ``-X`` flags and the
 variables read while torch loads. ``run_py`` (tests/conftest.py) therefore keeps one server per
 start-up environment (``STARTUP_ENV``'s values: e.g. one with and one without the hloc hook), and
-runs a fresh interpreter for a flag other than -m / -c and for torchrun.
+runs a fresh interpreter for a flag other than -m / -c. Under torchrun only the launcher is forked:
+its workers are new interpreters started by the launcher.
 """
 from __future__ import annotations
 
@@ -64,10 +65,9 @@ def startup_key(env: dict) -> tuple:
 
 def runnable(args, env: dict) -> bool:
     """A `-m` / `-c` command that a child of a server started with its start-up environment runs as a new
-    interpreter would (not torch.distributed: its launcher starts interpreters of its own)."""
+    interpreter would. torchrun (`-m torch.distributed.run`) is one: only its launcher runs in the child,
+    and the launcher starts each worker as a new interpreter of its own."""
     if len(args) < 2 or args[0] not in ("-m", "-c"):
-        return False
-    if args[0] == "-m" and args[1].startswith("torch.distributed"):
         return False
     return _pythonpath_ok(env)
 
