@@ -41,8 +41,8 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: (-cost[item.module], first[item.module], order[item]))
 
 
-#: modules that one worker runs whole, because their module-scoped fixtures cost seconds (built once,
-#: not once per worker); every other test is scheduled on its own
+#: modules that one worker runs whole, because the module- or session-scoped fixtures only they use cost
+#: a second or more (built once, not once per worker); every other test is scheduled on its own
 ONE_WORKER_MODULES = {"test_bench_epipolar.py", "test_bench_hpatches.py", "test_bench_image_retrieval.py",
                       "test_bench_localization.py", "test_bench_tokyo.py", "test_compare.py", "test_hndesc_paper.py",
                       "test_hndesc_sp.py", "test_netvlad.py", "test_packaging.py", "test_training_trainer.py",
