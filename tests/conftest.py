@@ -23,8 +23,13 @@ SHARED = (ROOT / ".." / "shared" / "data").resolve()
 
 
 def pytest_configure(config):
-    if not os.environ.get("PYTEST_XDIST_WORKER") and not getattr(config.option, "numprocesses", None):
-        os.environ.setdefault("OMP_NUM_THREADS", "2")
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        # glibc's malloc asks for transparent huge pages (read at start-up: the workers and every command
+        # they run get it): a big tensor then faults in 2 MiB pages, not 4 KiB ones. Same results; the
+        # suite's page faults fell from 17.6 M to 5.1 M and its system time from 66 s to 44 s.
+        os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+        if not getattr(config.option, "numprocesses", None):
+            os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 def pytest_collection_modifyitems(config, items):

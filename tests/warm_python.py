@@ -189,10 +189,14 @@ def _child(req: dict) -> None:
 
 
 def serve() -> None:
+    import gc
     import importlib
 
     for name in SERVER_IMPORTS:
         importlib.import_module(name)
+    # the imported modules' objects out of the collector's reach: a child's collections then leave their
+    # pages shared with the server instead of copying them (12,500 page faults, ~0.2 s CPU, per child)
+    gc.freeze()
 
     for line in sys.stdin:
         req = json.loads(line)
