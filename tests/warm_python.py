@@ -31,7 +31,8 @@ from pathlib import Path
 #: needs a server started with its values (PYTHONPATH is redone in the child: see `_pythonpath_ok`)
 STARTUP_ENV = {"PYTHONHOME", "PYTHONSTARTUP", "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONWARNINGS",
                "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "HNDESC_NO_HLOC_HOOK", "OMP_NUM_THREADS",
-               "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "LD_PRELOAD", "LD_LIBRARY_PATH"}
+               "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "LD_PRELOAD", "LD_LIBRARY_PATH",
+               "GLIBC_TUNABLES"}
 
 
 #: what the server imports before serving: the imports every command pays for; none may start a thread
